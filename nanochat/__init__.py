@@ -1,0 +1,1 @@
+"""nanochat: build a small ChatGPT end to end."""

@@ -1,0 +1,116 @@
+"""The pretraining data: FineWeb-EDU parquet shards. List, download, iterate by rank.
+
+The dataset is a Hugging Face repo of parquet shards, `shard_00000.parquet` ..., each
+with a `text` column, stored in row groups of ~1024 documents. Shards land in
+`base_dir/base_data/`. By nanochat's convention the LAST shard on disk is validation,
+everything before it is training.
+
+    python -m nanochat.dataset -n 8      # the first 8 shards (7 train + 1 val)
+"""
+import argparse
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from nanochat import hub
+from nanochat.common import get_base_dir
+
+MAX_SHARD = 1822  # the public dataset has shard_00000 .. shard_01822
+
+
+def data_dir() -> str:
+    return os.path.join(get_base_dir(), "base_data")
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.parquet"
+
+
+def shard_url(index: int) -> str:
+    return hub.hf_dataset_url(hub.PRETRAIN_REPO, shard_name(index))
+
+
+def check_parquet(path: str) -> None:
+    """Raise if path is not a readable parquet file with a `text` column."""
+    schema = pq.ParquetFile(path).schema_arrow
+    if "text" not in schema.names:
+        raise ValueError(f"{path} has no 'text' column (columns: {schema.names})")
+
+
+def download_shards(num_shards: int, num_workers: int = 4) -> list[str]:
+    """Download shards 0..num_shards-1 (skipping those on disk), a few at a time."""
+    if not 2 <= num_shards <= MAX_SHARD + 1:
+        raise ValueError(f"num_shards must be between 2 (one train, one val) and {MAX_SHARD + 1}, got {num_shards}")
+    paths = [os.path.join(data_dir(), shard_name(i)) for i in range(num_shards)]
+    todo = [(i, p) for i, p in enumerate(paths) if not os.path.exists(p)]
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        jobs = [pool.submit(hub.download, shard_url(i), p, validate=check_parquet) for i, p in todo]
+        for job in tqdm(jobs, desc="shards", unit="shard", disable=len(jobs) < 2):
+            job.result()
+    return paths
+
+
+def list_parquet_files(directory: str | None = None) -> list[str]:
+    """All complete shards on disk, in order; a clear error when there are none."""
+    directory = directory or data_dir()
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".parquet")) if os.path.isdir(directory) else []
+    if not files:
+        raise FileNotFoundError(
+            f"No pretraining shards in {directory}.\n"
+            f"  Download some first: python -m nanochat.dataset -n 8   (or nanochat.dataset.download_shards(8))"
+        )
+    return [os.path.join(directory, f) for f in files]
+
+
+def split_files(split: str, directory: str | None = None) -> list[str]:
+    """train = every shard but the last, val = the last one."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    files = list_parquet_files(directory)
+    if len(files) < 2:
+        raise FileNotFoundError(f"Need at least 2 shards (train + val) in {os.path.dirname(files[0])}, found 1.")
+    return files[:-1] if split == "train" else files[-1:]
+
+
+def open_shard(path: str) -> pq.ParquetFile:
+    """Open a shard, naming it when it is corrupt."""
+    try:
+        return pq.ParquetFile(path)
+    except Exception as e:
+        raise RuntimeError(f"Corrupt or unreadable shard {path}: {e}\n  Delete it and download it again.") from e
+
+
+def iter_row_groups(
+    split: str, rank: int = 0, world_size: int = 1, start: int = 0, directory: str | None = None
+) -> Iterator[tuple[int, list[str]]]:
+    """Yield (row_group_index, texts) for this rank: train loops forever, val runs once.
+
+    Row groups are numbered across the split's shards, and on across epochs
+    (index = epoch * num_row_groups + position). Rank r takes the indices with
+    index % world_size == r, so ranks read disjoint documents and together read all of
+    them. `start` is the first index to consider: how a loader resumes.
+    """
+    shards = {path: open_shard(path) for path in split_files(split, directory)}
+    row_groups = [(pf, rg) for pf in shards.values() for rg in range(pf.num_row_groups)]
+    n = len(row_groups)
+    index = start + (rank - start) % world_size  # the first index >= start that is ours
+    while split == "train" or index < n:
+        pf, rg = row_groups[index % n]
+        yield index, pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+        index += world_size
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Download FineWeb-EDU pretraining shards.")
+    parser.add_argument("-n", "--num-shards", type=int, default=8, help="how many (the last is validation)")
+    parser.add_argument("-w", "--workers", type=int, default=4, help="parallel downloads")
+    args = parser.parse_args()
+    paths = download_shards(args.num_shards, args.workers)
+    print(f"{len(paths)} shards in {data_dir()} ({len(paths) - 1} train + 1 val)")
+
+
+if __name__ == "__main__":
+    main()
