@@ -97,6 +97,7 @@ def download(
     retries: int = 5,
     backoff: float = 1.0,
     timeout: float = 60.0,
+    desc: str | None = None,
 ) -> str:
     """Download url to path once, safely; return path.
 
@@ -110,7 +111,7 @@ def download(
         return path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     part = path + ".part"
-    desc = os.path.basename(path)
+    desc = desc or os.path.basename(path)
     with FileLock(path + ".lock"):
         if os.path.exists(path):  # another rank finished it while we waited
             return path
