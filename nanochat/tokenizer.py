@@ -18,6 +18,7 @@ import os
 from typing import Iterable
 
 import tiktoken
+import tiktoken.load
 import torch
 
 from nanochat import hub
