@@ -1,0 +1,163 @@
+"""Muon for the 2-D matrices, AdamW for the rest: one optimizer, for one process or N ranks.
+
+Muon (Keller Jordan, 2024) takes SGD-momentum's update for a weight matrix and replaces
+it by the nearest semi-orthogonal matrix (all singular values ~1), computed with a few
+Newton-Schulz iterations. Every direction of the update then moves by the same amount,
+however lopsided the raw gradient was. It only makes sense for matrices that map one
+vector space to another, so the embedding, the lm_head (and any vector parameters) use AdamW.
+
+Distributed (torch.distributed initialised with world_size W > 1) this optimizer replaces
+DDP, ZeRO-2 style. Each parameter has one owner: parameter number i (in param-group
+order) belongs to rank i % W, round-robin, so whole matrices are spread over the ranks.
+In step():
+  1. each gradient is reduced (summed) onto its owner rank    (a reduce-scatter, by whole tensors)
+  2. the owner averages it and updates the parameter; only the owner keeps its optimizer state
+  3. the owner broadcasts the new values to every rank       (an all-gather, by whole tensors)
+Muon needs whole matrices (Newton-Schulz mixes all of a matrix), and the same rule serves
+AdamW. reduce and broadcast exist on every backend (nccl and gloo), so there is no
+backend-specific path. With W == 1 every parameter is owned by rank 0 and nothing is
+communicated: the single-process optimizer is the same code.
+"""
+import math
+
+import torch
+import torch.distributed as dist
+
+from nanochat import common
+
+# Newton-Schulz quintic: each step maps a singular value s -> a*s + b*s^3 + c*s^5. These
+# coefficients (from the Muon write-up) make the slope at 0 steep (a = 3.4), so even small
+# singular values grow fast, at the price of settling in a band around 1 (~0.7-1.2), not at 1.
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+@torch.no_grad()
+def newton_schulz(G: torch.Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Approximately orthogonalise G: keep its singular vectors, push its singular values to ~1.
+
+    For G = U S V^T this returns ~U V^T. Runs in bf16 on CUDA (sm80+), fp32 elsewhere,
+    unless dtype says otherwise; returns that dtype.
+    """
+    a, b, c = NS_COEFFS
+    X = G.to(dtype or common.compute_dtype(G.device))
+    tall = X.size(-2) > X.size(-1)
+    if tall:
+        X = X.mT  # work on the wide orientation, so X @ X^T is the smaller square matrix
+    X = X / (X.norm() + 1e-7)  # the Frobenius norm bounds the spectral norm: every s is now <= 1
+    for _ in range(steps):
+        A = X @ X.mT                     # = U S^2 U^T
+        X = a * X + (b * A + c * A @ A) @ X  # = U (a S + b S^3 + c S^5) V^T
+    return X.mT if tall else X
+
+
+def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: float = 0.95) -> float:
+    """Muon's momentum at this step: ramps linearly from start to end over the first warmup_steps.
+
+    The training loop sets it each step:
+        for group in optimizer.param_groups:
+            if group["kind"] == "muon": group["momentum"] = muon_momentum(step)
+    """
+    return start + min(step / warmup_steps, 1.0) * (end - start)
+
+
+def muon_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+    """Nesterov momentum, orthogonalise, then a step of the same size whatever the gradient's scale."""
+    if "momentum_buffer" not in state:
+        state["momentum_buffer"] = torch.zeros_like(p)
+    buf, momentum = state["momentum_buffer"], group["momentum"]
+    buf.lerp_(grad, 1 - momentum)  # buf = momentum * buf + (1 - momentum) * grad
+    update = grad.lerp(buf, momentum) if group["nesterov"] else buf  # Nesterov: look ahead along buf
+    update = newton_schulz(update, group["ns_steps"])
+    # A semi-orthogonal (rows, cols) matrix has entry RMS 1/sqrt(max(rows, cols)). This scale
+    # brings it to 1/sqrt(cols) = 1/sqrt(fan_in) for every shape: the same scale as the init.
+    shape_scale = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
+    p.add_(update.to(p.dtype), alpha=-group["lr"] * shape_scale)
+
+
+def adamw_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+    """AdamW: bias-corrected moment estimates, decoupled weight decay (same math as torch.optim.AdamW)."""
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p)     # running mean of the gradient
+        state["exp_avg_sq"] = torch.zeros_like(p)  # running mean of its square
+    state["step"] += 1
+    lr, (beta1, beta2), t = group["lr"], group["betas"], state["step"]
+    p.mul_(1 - lr * group["weight_decay"])  # decoupled: decay the weight, not the gradient
+    state["exp_avg"].lerp_(grad, 1 - beta1)
+    state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    # Both averages start at 0, so early on they are too small by (1 - beta^t): divide it out.
+    denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
+    p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** t))
+
+
+UPDATES = {"muon": muon_update, "adamw": adamw_update}
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """(rank, world_size) of the process group, or (0, 1) for a single process."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Each param group has kind "muon" (lr, momentum, nesterov, ns_steps) or "adamw" (lr, betas, eps, weight_decay).
+
+    Every rank must hold the same parameters in the same order, and the same ones must
+    have gradients (None gradients are skipped everywhere).
+    """
+
+    def __init__(self, param_groups: list[dict]):
+        for group in param_groups:
+            if group.get("kind") not in UPDATES:
+                raise ValueError(f"param group kind must be one of {list(UPDATES)}, got {group.get('kind')!r}")
+            if group["kind"] == "muon":
+                for p in group["params"]:
+                    if p.ndim != 2:
+                        raise ValueError(f"Muon only orthogonalises 2-D matrices; got a {tuple(p.shape)} "
+                                         f"parameter: put it in an 'adamw' group")
+        super().__init__(param_groups, defaults={})
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Average the gradients across ranks and update every parameter (each on its owner rank)."""
+        rank, world = _rank_and_world()
+        params = [(group, p) for group in self.param_groups for p in group["params"]]
+        # 1. Sum each gradient onto its owner. All reductions start at once, so the
+        #    communication runs while the owners below are already computing.
+        reductions = [dist.reduce(p.grad, dst=i % world, async_op=True)
+                      if world > 1 and p.grad is not None else None
+                      for i, (_, p) in enumerate(params)]
+        broadcasts = []
+        for i, (group, p) in enumerate(params):
+            if p.grad is None:
+                continue
+            owner = i % world
+            if reductions[i] is not None:
+                reductions[i].wait()
+            # 2. The owner turns the sum into the mean and updates the parameter.
+            if rank == owner:
+                if world > 1:
+                    p.grad.div_(world)
+                UPDATES[group["kind"]](p, p.grad, self.state[p], group)
+            # 3. Everyone receives the owner's new values.
+            if world > 1:
+                broadcasts.append(dist.broadcast(p, src=owner, async_op=True))
+        for work in broadcasts:
+            work.wait()
+
+    def state_dict(self) -> dict:
+        """This rank's shard: state only for the parameters it owns, tagged with the world size."""
+        state = super().state_dict()
+        state["world_size"] = _rank_and_world()[1]
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load this rank's shard; the run must have as many ranks as the one that saved it."""
+        state_dict = dict(state_dict)
+        saved_world = state_dict.pop("world_size", 1)
+        world = _rank_and_world()[1]
+        if saved_world != world:
+            raise ValueError(f"this optimizer state was saved by {saved_world} rank(s) but this run has {world}: "
+                             f"each rank owns different parameters, so resume with {saved_world} rank(s)")
+        super().load_state_dict(state_dict)

@@ -1,0 +1,117 @@
+"""Muon and AdamW: Newton-Schulz, AdamW == torch's, and 2 ranks == 1 process."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dist_optim_worker as worker
+from nanochat.optim import MuonAdamW, muon_momentum, newton_schulz
+
+# The quintic s -> a s + b s^3 + c s^5 settles singular values in a band around 1, not at 1
+# (measured: ~0.68-1.13 once converged). Its largest value on [0, 1.2] is ~1.2025, a hard ceiling.
+BAND = (0.65, 1.21)
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (256, 64), (128, 512), (384, 96)])
+def test_newton_schulz_singular_values_in_band(shape):
+    torch.manual_seed(0)
+    s = torch.linalg.svdvals(newton_schulz(torch.randn(shape)))
+    assert BAND[0] < s.min() and s.max() < BAND[1], (s.min().item(), s.max().item())
+
+
+def test_newton_schulz_square_matrix_bulk_in_band():
+    # A random square matrix has singular values close to 0, which 5 steps cannot lift
+    # all the way: the bulk lands in the band, the smallest few stay lower.
+    torch.manual_seed(0)
+    s = torch.linalg.svdvals(newton_schulz(torch.randn(256, 256)))
+    assert s.max() < BAND[1]
+    assert ((s > BAND[0]) & (s < BAND[1])).float().mean() > 0.8
+
+
+def test_newton_schulz_in_bf16_and_keeps_singular_vectors():
+    torch.manual_seed(0)
+    G = torch.randn(64, 192)
+    s = torch.linalg.svdvals(newton_schulz(G, dtype=torch.bfloat16).float())
+    assert BAND[0] - 0.05 < s.min() and s.max() < BAND[1] + 0.05
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    orthogonal = U @ Vh
+    cosine = torch.nn.functional.cosine_similarity(newton_schulz(G).flatten(), orthogonal.flatten(), dim=0)
+    assert cosine > 0.95  # it approximates U V^T, the nearest semi-orthogonal matrix
+
+
+def test_muon_momentum_warmup():
+    assert muon_momentum(0) == pytest.approx(0.85)
+    assert muon_momentum(150) == pytest.approx(0.90)
+    assert muon_momentum(300) == pytest.approx(0.95)
+    assert muon_momentum(10_000) == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adamw_matches_torch(weight_decay):
+    torch.manual_seed(0)
+    ours = torch.nn.Parameter(torch.randn(8, 5))
+    ref = torch.nn.Parameter(ours.detach().clone())
+    hyper = dict(lr=0.01, betas=(0.8, 0.95), eps=1e-8, weight_decay=weight_decay)
+    opt = MuonAdamW([dict(kind="adamw", params=[ours], **hyper)])
+    ref_opt = torch.optim.AdamW([ref], **hyper)
+    for _ in range(5):
+        grad = torch.randn(8, 5)
+        ours.grad, ref.grad = grad.clone(), grad.clone()
+        opt.step()
+        ref_opt.step()
+    torch.testing.assert_close(ours, ref, atol=1e-7, rtol=1e-6)
+
+
+def test_muon_step_size_is_lr_over_sqrt_fan_in():
+    # The update is ~orthogonal and shape-scaled: its entry RMS is ~lr/sqrt(fan_in) for any
+    # shape and any gradient scale (the band of singular values costs up to ~25%).
+    torch.manual_seed(0)
+    for rows, cols in [(64, 256), (256, 64)]:
+        for grad_scale in (1e-4, 1e2):
+            p = torch.nn.Parameter(torch.zeros(rows, cols))
+            opt = MuonAdamW([dict(kind="muon", params=[p], lr=0.02, momentum=0.95, nesterov=True, ns_steps=5)])
+            p.grad = grad_scale * torch.randn(rows, cols)
+            opt.step()
+            rms = p.detach().pow(2).mean().sqrt().item()
+            assert 0.75 < rms / (0.02 / cols ** 0.5) < 1.1, (rows, cols, grad_scale, rms)
+
+
+def test_muon_rejects_non_matrices():
+    with pytest.raises(ValueError, match="2-D"):
+        MuonAdamW([dict(kind="muon", params=[torch.nn.Parameter(torch.zeros(10))], lr=0.1,
+                        momentum=0.9, nesterov=True, ns_steps=5)])
+
+
+def test_state_dict_refuses_another_world_size():
+    model, optimizer = worker.make_model()
+    worker.train(model, optimizer, range(1))
+    state = optimizer.state_dict()
+    state["world_size"] = 2
+    with pytest.raises(ValueError, match="saved by 2 rank"):
+        optimizer.load_state_dict(state)
+
+
+@pytest.mark.distributed
+def test_two_ranks_match_one_process(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               worker.__file__, str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+
+    model, optimizer = worker.make_model()  # one process, whole batches: the reference
+    worker.train(model, optimizer, range(worker.TOTAL_STEPS))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    n_params = len(list(model.parameters()))
+    assert [r["owned"] for r in ranks] == [n_params // 2, n_params - n_params // 2]  # state is sharded
+    # Each owner averaged the two ranks' gradients: the same as one process on the whole batch.
+    # (Muon and Adam barely notice a gradient's scale, so a sum would pass the weights check below.)
+    owned_grads = {**ranks[0]["grads"], **ranks[1]["grads"]}
+    assert len(owned_grads) == n_params
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(owned_grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+    for name, value in model.state_dict().items():
+        assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), f"ranks disagree on {name}"
+        torch.testing.assert_close(ranks[0]["state"][name], value, atol=2e-5, rtol=1e-4, msg=name)
