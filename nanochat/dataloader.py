@@ -1,0 +1,453 @@
+"""The pretraining data loader: parquet documents -> tokens -> (inputs, targets) batches.
+
+    loader = build_train_loader(tokenizer, B=8, T=512, device="cuda", rank=r, world_size=n)
+    for inputs, targets in loader:       # int64 tensors of shape (B, T) on the device
+        ...
+        checkpoint["loader"] = loader.state_dict()   # a small dict; resume exactly from it
+
+Where documents come from. `nanochat.dataset.iter_row_groups` hands each rank every
+world_size-th row group (~1024 documents) of the split, so ranks read disjoint documents
+and together read all of them. A document's identity is (row_group, position): the row
+group's global index (which keeps counting up across epochs) and its place inside it.
+Documents are tokenized a chunk at a time with several threads, each one prefixed with
+<|bos|>.
+
+How tokens become rows. A batch is B rows of T+1 tokens: inputs = row[:-1] and
+targets = row[1:] (predict the next token). Two ways to fill a row:
+
+  streaming (StreamingLoader): concatenate every document into one long token stream and
+      chop it into rows. Nothing is wasted, but most rows begin in the middle of a
+      document, so the model is asked to predict text whose beginning it cannot see.
+
+  best-fit (BestFitLoader, the one we train with): every row starts with a document's
+      <|bos|>. Keep a buffer of ~1000 tokenized documents sorted by length; to fill the
+      space left in a row, place the LARGEST document that fits, again and again. When
+      nothing fits any more (every buffered document is longer than the gap), crop the
+      SHORTEST document to fill the gap exactly and throw its tail away. Rows are 100%
+      full (no padding); the price is the cropped tokens, which we count.
+
+Why crop the shortest: when nothing fits, every document is longer than the gap, and the
+shortest is the one whose crop throws away the fewest tokens; the long ones stay in the
+buffer to fill whole rows later. Why throw the tail away rather than keep it for later:
+the tail does not begin with <|bos|>, so wherever it went it would be text without its
+beginning, which is exactly what best-fit exists to avoid. A document longer than a whole
+row (T+1 tokens) is cropped to T+1 when it enters the buffer: it then fills one row on
+its own, from its beginning.
+
+Exact resume. The loader is a deterministic function of the documents it reads, so its
+whole state is *which documents it holds*: the position of the next document to read,
+plus the ids of the documents sitting in the buffer (best-fit) or the one document being
+chopped and how far into it we are (streaming). `state_dict()` returns exactly that, a
+few KB of ints that fit in a checkpoint's JSON. A fresh loader given that state re-reads
+those few documents, tokenizes them again (tokenizing is deterministic) and continues
+with exactly the batches the uninterrupted run would have produced. Ties in the buffer
+are broken by document id, never by arrival order, so the rebuilt buffer behaves exactly
+like the lost one.
+"""
+import bisect
+import warnings
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import pyarrow as pa
+import torch
+
+from nanochat.common import get_rank, get_world_size
+from nanochat.dataset import iter_row_groups, open_shard, split_files
+
+DocId = tuple[int, int]  # (global row-group index, position of the document inside it)
+STATE_VERSION = 1
+
+
+class Piece(NamedTuple):
+    """One stretch of one document inside a row: the unit the pictures in notebook 02 draw."""
+    doc: DocId
+    start: int        # token offset inside the document (0 = begins with <|bos|>)
+    length: int       # tokens placed in the row
+    doc_length: int   # the document's full length in tokens
+
+
+@dataclass
+class PackingStats:
+    """Running counts: how full the rows are and how much text the packing threw away."""
+    batches: int = 0
+    rows: int = 0
+    documents: int = 0          # documents whose start (<|bos|>) went into a row
+    row_tokens: int = 0         # slots in the rows: rows * (T+1)
+    doc_tokens: int = 0         # slots holding document tokens (the rest would be padding)
+    cropped_tokens: int = 0     # document tokens thrown away by crops, of which
+    overlong_tokens: int = 0    #   the tails of documents longer than a whole row
+    rows_mid_document: int = 0  # rows whose first token is not a document's <|bos|>
+
+    @property
+    def utilisation(self) -> float:
+        return self.doc_tokens / max(self.row_tokens, 1)
+
+    @property
+    def crop_fraction(self) -> float:
+        """Of the document tokens the loader took in, the fraction that never reached a row."""
+        return self.cropped_tokens / max(self.doc_tokens + self.cropped_tokens, 1)
+
+    @property
+    def overlong_fraction(self) -> float:
+        """The part of crop_fraction due to documents longer than a row (only a longer T helps)."""
+        return self.overlong_tokens / max(self.doc_tokens + self.cropped_tokens, 1)
+
+
+class _OutOfDocuments(Exception):
+    """A finite split (val) ran dry before the batch was full."""
+
+
+# ---- documents: read, tokenize, remember where we are
+
+
+class DocumentStream:
+    """This rank's tokenized documents in reading order, starting at any (row_group, position).
+
+    `position` is always the id of the next document next() will return, so saving it and
+    starting a new stream there continues exactly. A position past the end of a row group
+    simply means "the next row group of this rank".
+    """
+
+    def __init__(self, tokenizer, split: str, rank: int, world_size: int, start: DocId = (0, 0),
+                 num_threads: int = 4, chunk_size: int = 128):
+        self.tokenizer, self.split, self.rank, self.world_size = tokenizer, split, rank, world_size
+        self.num_threads, self.chunk_size = num_threads, chunk_size
+        self.bos = tokenizer.get_bos_token_id()
+        self.position = tuple(start)
+        self._documents = self._generate(self.position)
+
+    def _generate(self, start: DocId):
+        """Yield (doc_id, ids): read row groups from start, tokenize chunk_size documents per call."""
+        start_group, start_pos = start
+        for group, texts in _read_row_groups(self.split, self.rank, self.world_size, start_group):
+            first = start_pos if group == start_group else 0
+            for lo in range(first, len(texts), self.chunk_size):
+                # many documents per call, so the threads have work and the call overhead is paid once
+                chunk = texts[lo:lo + self.chunk_size]
+                for k, ids in enumerate(self.tokenizer.encode(chunk, prepend=self.bos, num_threads=self.num_threads)):
+                    yield (group, lo + k), ids
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[DocId, list[int]]:
+        doc_id, ids = next(self._documents)
+        self.position = (doc_id[0], doc_id[1] + 1)
+        return doc_id, ids
+
+    def fetch(self, doc_ids: list[DocId]) -> dict[DocId, list[int]]:
+        """Tokenize specific documents again (a resume rebuilding its buffer); one read per row group."""
+        by_group: dict[int, list[int]] = {}
+        for group, pos in doc_ids:
+            by_group.setdefault(group, []).append(pos)
+        found = {}
+        for group, positions in sorted(by_group.items()):
+            read_group, texts = next(_read_row_groups(self.split, self.rank, self.world_size, group), (None, []))
+            if read_group != group or max(positions) >= len(texts):
+                raise ValueError(f"loader state names documents {group}:{max(positions)} that rank {self.rank} of "
+                                 f"{self.world_size} cannot read from the {self.split} split: were the shards changed?")
+            ids = self.tokenizer.encode([texts[p] for p in positions], prepend=self.bos, num_threads=self.num_threads)
+            found.update({(group, p): i for p, i in zip(positions, ids)})
+        return found
+
+
+def _read_row_groups(split: str, rank: int, world_size: int, start: int):
+    """iter_row_groups, but a shard that fails while being read is named in the error."""
+    rows = iter_row_groups(split, rank, world_size, start)
+    expected = start + (rank - start) % world_size  # the index iter_row_groups will read next
+    while True:
+        try:
+            group, texts = next(rows)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as e:  # a damaged page: bad compression, a broken header
+            path = _shard_holding(split, expected)
+            raise RuntimeError(f"Corrupt shard {path} (row group {expected} of the {split} split): {e}\n"
+                               f"  Delete it and download it again: python -m nanochat.dataset -n <num_shards>") from e
+        yield group, texts
+        expected = group + world_size
+
+
+def _shard_holding(split: str, index: int) -> str:
+    """Which shard file holds global row group `index` of a split (row groups count on across epochs)."""
+    counts = [(path, open_shard(path).num_row_groups) for path in split_files(split)]
+    index %= sum(n for _, n in counts)
+    for path, n in counts:
+        if index < n:
+            return path
+        index -= n
+    raise AssertionError("unreachable")
+
+
+# ---- the best-fit buffer
+
+
+class DocumentBuffer:
+    """Tokenized documents kept sorted by length, so "the largest that fits" is one bisect.
+
+    keys is a sorted list of (length, row_group, position); ties in length are broken by
+    document id, so the choice never depends on the order documents arrived in.
+    """
+
+    def __init__(self):
+        self.keys: list[tuple[int, int, int]] = []
+        self.docs: dict[DocId, tuple[list[int], int]] = {}  # doc id -> (ids as buffered, full length)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, doc_id: DocId, ids: list[int], full_length: int) -> None:
+        bisect.insort(self.keys, (len(ids), *doc_id))
+        self.docs[doc_id] = (ids, full_length)
+
+    def _pop(self, i: int) -> tuple[DocId, list[int], int]:
+        _, group, pos = self.keys.pop(i)
+        ids, full_length = self.docs.pop((group, pos))
+        return (group, pos), ids, full_length
+
+    def pop_largest_fitting(self, space: int):
+        """The longest document with length <= space, or None when every one is longer."""
+        i = bisect.bisect_right(self.keys, (space, float("inf"), float("inf")))
+        return self._pop(i - 1) if i > 0 else None
+
+    def pop_shortest(self):
+        """The shortest document: when nothing fits, cropping it throws away the fewest tokens."""
+        return self._pop(0)
+
+
+# ---- the loaders
+
+
+class _Loader:
+    """What both packings share: arguments, batches as tensors, statistics, state."""
+    kind = ""
+
+    def __init__(self, tokenizer, B: int, T: int, device: str | torch.device = "cpu", split: str = "train",
+                 rank: int | None = None, world_size: int | None = None, num_threads: int = 4,
+                 max_batches: int | None = None, state: dict | None = None):
+        rank = get_rank() if rank is None else rank
+        world_size = get_world_size() if world_size is None else world_size
+        if B < 1 or T < 1:
+            raise ValueError(f"B and T must be positive, got B={B}, T={T}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        split_files(split)  # fail now, not at the first batch, when there are no shards
+        self.tokenizer, self.B, self.T, self.split = tokenizer, B, T, split
+        self.rank, self.world_size, self.num_threads, self.max_batches = rank, world_size, num_threads, max_batches
+        self.row_len = T + 1  # inputs row[:-1], targets row[1:]
+        self.device = torch.device(device)
+        self.fingerprint = tokenizer.fingerprint()
+        self.stats = PackingStats()
+        self.layout: list[list[Piece]] = []  # the pieces of each row of the last batch
+        self.batches_yielded = 0  # by this loader object (stats may have been restored or reset)
+        self.stream = DocumentStream(tokenizer, split, rank, world_size, num_threads=num_threads)
+        if state is not None:
+            self.load_state_dict(state)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.max_batches is not None and self.batches_yielded >= self.max_batches:
+            raise StopIteration
+        try:
+            rows, layout = zip(*(self._pack_row() for _ in range(self.B)))
+        except _OutOfDocuments:
+            if self.batches_yielded == 0:
+                raise ValueError(
+                    f"The {self.split} split has too few tokens for rank {self.rank} of {self.world_size} to fill even "
+                    f"one batch of B={self.B} rows x T+1={self.row_len} tokens. Lower B or T, or download more shards."
+                ) from None
+            raise StopIteration from None
+        self.layout = list(layout)
+        self._count(self.layout)
+        self.batches_yielded += 1
+        return self._to_device(rows)
+
+    def _count(self, layout: list[list[Piece]]) -> None:
+        s = self.stats
+        s.batches += 1
+        s.rows += len(layout)
+        s.row_tokens += len(layout) * self.row_len
+        s.doc_tokens += sum(piece.length for row in layout for piece in row)
+        s.documents += sum(piece.start == 0 for row in layout for piece in row)
+        s.rows_mid_document += sum(row[0].start != 0 for row in layout)
+
+    def _to_device(self, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T+1) ids -> inputs, targets (B, T) int64 on the device.
+
+        On CUDA the CPU tensors are in pinned (page-locked) memory, so the copies to the
+        GPU run asynchronously (non_blocking) while the GPU is still busy with the last step.
+        """
+        batch = torch.tensor(rows, dtype=torch.long)
+        pin = self.device.type == "cuda"
+        inputs = torch.empty(self.B, self.T, dtype=torch.long, pin_memory=pin).copy_(batch[:, :-1])
+        targets = torch.empty(self.B, self.T, dtype=torch.long, pin_memory=pin).copy_(batch[:, 1:])
+        return inputs.to(self.device, non_blocking=pin), targets.to(self.device, non_blocking=pin)
+
+    def _next_document(self) -> tuple[DocId, list[int]] | None:
+        """The next (doc_id, ids), or None when a finite split (val) has run out."""
+        try:
+            return next(self.stream)
+        except StopIteration:
+            return None
+
+    # ---- state
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly after the last batch: a small dict of ints."""
+        return {
+            "version": STATE_VERSION, "kind": self.kind, "split": self.split,
+            "rank": self.rank, "world_size": self.world_size, "tokenizer": self.fingerprint,
+            "B": self.B, "T": self.T, "next_document": list(self.stream.position),
+            "stats": asdict(self.stats), **self._packing_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a state_dict(); refuse one made for another rank layout, split or tokenizer."""
+        mine = self.state_dict()
+        for key in ("version", "kind", "split", "rank", "world_size", "tokenizer"):
+            if state.get(key) != mine[key]:
+                raise ValueError(
+                    f"This loader state was made for {key}={state.get(key)!r}, "
+                    f"but this loader has {key}={mine[key]!r}. "
+                    f"A state belongs to one rank of one world size (save one per rank, resume with the same number "
+                    f"of ranks), one split, one packing and one tokenizer."
+                )
+        changed = [f"{key} {state[key]} -> {mine[key]}" for key in ("B", "T") if state[key] != mine[key]]
+        if changed:
+            warnings.warn(f"resuming with {', '.join(changed)}: the same documents continue, but the batches will "
+                          f"differ from the run that saved this state")
+        self.stream = DocumentStream(self.tokenizer, self.split, self.rank, self.world_size,
+                                     start=tuple(state["next_document"]), num_threads=self.num_threads)
+        self.stats = PackingStats(**state["stats"])
+        self._load_packing_state(state)
+
+    def _pack_row(self) -> tuple[list[int], list[Piece]]:
+        raise NotImplementedError
+
+    def _packing_state(self) -> dict:
+        raise NotImplementedError
+
+    def _load_packing_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class BestFitLoader(_Loader):
+    """Rows that each start at a document's <|bos|>, filled by best-fit from a document buffer.
+
+    buffer_size: documents kept to choose from. More choice means fewer crops; the
+    buffer is topped up to this size before every placement.
+
+    A fresh buffer holds hundreds of long documents, and largest-first uses them first,
+    one cropped document per row; the statistics settle once the buffer has turned over
+    (about buffer_size documents placed).
+    """
+    kind = "bestfit"
+
+    def __init__(self, tokenizer, B: int, T: int, device="cpu", buffer_size: int = 1000, **kwargs):
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be at least 1, got {buffer_size}")
+        self.buffer_size = buffer_size
+        self.buffer = DocumentBuffer()
+        super().__init__(tokenizer, B, T, device, **kwargs)
+
+    def _admit(self, doc_id: DocId, ids: list[int]) -> None:
+        """Put a document in the buffer; one longer than a whole row keeps only its first T+1 tokens."""
+        self.buffer.add(doc_id, ids[:self.row_len], len(ids))
+
+    def _refill(self) -> None:
+        while len(self.buffer) < self.buffer_size and (doc := self._next_document()) is not None:
+            self._admit(*doc)
+
+    def _pack_row(self) -> tuple[list[int], list[Piece]]:
+        """One row of exactly T+1 tokens: largest-that-fits until nothing fits, then crop the shortest."""
+        row, pieces = [], []
+        while len(row) < self.row_len:
+            self._refill()
+            if not self.buffer:
+                raise _OutOfDocuments
+            space = self.row_len - len(row)
+            doc_id, ids, full_length = self.buffer.pop_largest_fitting(space) or self.buffer.pop_shortest()
+            placed = ids[:space]  # shorter than ids only when nothing fitted
+            self.stats.cropped_tokens += full_length - len(placed)
+            self.stats.overlong_tokens += full_length - len(ids)
+            row.extend(placed)
+            pieces.append(Piece(doc_id, 0, len(placed), full_length))
+        return row, pieces
+
+    def _packing_state(self) -> dict:
+        """The buffer as [[row_group, [positions...]], ...]: ids only, the tokens are recomputed."""
+        by_group: dict[int, list[int]] = {}
+        for _, group, pos in self.buffer.keys:
+            by_group.setdefault(group, []).append(pos)
+        return {"buffer_size": self.buffer_size, "buffer": [[g, sorted(p)] for g, p in sorted(by_group.items())]}
+
+    def _load_packing_state(self, state: dict) -> None:
+        if state["buffer_size"] != self.buffer_size:
+            warnings.warn(f"resuming with buffer_size {state['buffer_size']} -> {self.buffer_size}: "
+                          f"batches will differ from the run that saved this state")
+        doc_ids = [(group, pos) for group, positions in state["buffer"] for pos in positions]
+        self.buffer = DocumentBuffer()
+        for doc_id, ids in self.stream.fetch(doc_ids).items():
+            self._admit(doc_id, ids)
+
+
+class StreamingLoader(_Loader):
+    """Concatenate-and-chop: documents end to end, cut into rows wherever T+1 tokens fall.
+
+    Kept to compare with best-fit: no token is ever thrown away, but a row usually begins
+    in the middle of a document.
+    """
+    kind = "streaming"
+
+    def __init__(self, tokenizer, B: int, T: int, device="cpu", **kwargs):
+        self.current: tuple[DocId, list[int]] | None = None  # the document being chopped
+        self.offset = 0  # how many of its tokens are already in rows
+        super().__init__(tokenizer, B, T, device, **kwargs)
+
+    def _pack_row(self) -> tuple[list[int], list[Piece]]:
+        """One row of exactly T+1 tokens: the next T+1 of the stream, wherever documents begin."""
+        row, pieces = [], []
+        while len(row) < self.row_len:
+            if self.current is None or self.offset == len(self.current[1]):
+                self.current, self.offset = self._next_document(), 0
+                if self.current is None:
+                    raise _OutOfDocuments
+            doc_id, ids = self.current
+            take = ids[self.offset:self.offset + self.row_len - len(row)]
+            row.extend(take)
+            pieces.append(Piece(doc_id, self.offset, len(take), len(ids)))
+            self.offset += len(take)
+        return row, pieces
+
+    def _packing_state(self) -> dict:
+        """The document being chopped and how far into it we are (None between documents)."""
+        return {"current": None if self.current is None else [*self.current[0], self.offset]}
+
+    def _load_packing_state(self, state: dict) -> None:
+        self.current, self.offset = None, 0
+        if state["current"] is not None:
+            group, pos, offset = state["current"]
+            self.current = ((group, pos), self.stream.fetch([(group, pos)])[(group, pos)])
+            self.offset = offset
+
+
+def build_train_loader(tokenizer, B: int, T: int, device="cpu", rank: int | None = None, world_size: int | None = None,
+                       state: dict | None = None, **kwargs) -> BestFitLoader:
+    """The pretraining loader: best-fit over the train split, endless (epochs roll over), resumable."""
+    return BestFitLoader(tokenizer, B, T, device, split="train", rank=rank, world_size=world_size, state=state,
+                         **kwargs)
+
+
+def build_val_loader(tokenizer, B: int, T: int, device="cpu", rank: int | None = None, world_size: int | None = None,
+                     max_batches: int | None = None, **kwargs) -> BestFitLoader:
+    """The evaluation loader: best-fit over the val shard, once, identical on every call.
+
+    It stops when this rank's share of the val shard cannot fill another batch, or after
+    max_batches. Ranks may get different numbers of batches, so sum the loss over batches
+    and all-reduce once at the end. Build a new one for every evaluation.
+    """
+    return BestFitLoader(tokenizer, B, T, device, split="val", rank=rank, world_size=world_size,
+                         max_batches=max_batches, **kwargs)
