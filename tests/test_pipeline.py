@@ -1,0 +1,253 @@
+"""The headless runner: profiles, parameter checks, resume, and real 2-rank torchrun stages.
+
+The stages here are the small fixture notebooks in tests/fixtures/, copied into a temp
+notebooks folder per test (--notebooks), so the runner sees only the stages a test wants.
+"""
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import papermill
+import pytest
+
+from nanochat import pipeline
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PROFILES = sorted(p.stem for p in pipeline.PROFILES_DIR.glob("*.toml"))
+COURSE_NOTEBOOKS = sorted(pipeline.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebooks(tmp_path, *names) -> str:
+    """A notebooks folder holding just these fixture stages."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        shutil.copy(FIXTURES / f"{name}.ipynb", folder)
+    return str(folder)
+
+
+def profile(tmp_path, stages: dict) -> str:
+    """A throwaway profile file: {stage: {"nproc": 2, "parameters": {...}}}."""
+    lines = ['[profile]', 'description = "test"', 'hours = 0', 'cost_usd = 0', 'gpus = "none"']
+    for stage, table in stages.items():
+        lines.append(f"[stages.{stage}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items() if k != "parameters"]
+        if "parameters" in table:
+            lines.append(f"[stages.{stage}.parameters]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in table["parameters"].items()]
+    path = tmp_path / "test_profile.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def stage_log(base_dir) -> list[str]:
+    """What the fixture stages 01/02 appended, one line per successful execution."""
+    path = Path(base_dir) / "stage_log.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def leftover_kernels(tag: str) -> list:
+    """Jupyter kernels still alive that were started under this test's tag (any parent)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "ipykernel" in " ".join(proc.info["cmdline"] or []) and proc.environ().get("NANOCHAT_TEST_TAG") == tag:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
+
+
+@pytest.fixture
+def tag(monkeypatch) -> str:
+    """An environment mark every process of the run inherits, to find orphans by."""
+    value = uuid.uuid4().hex
+    monkeypatch.setenv("NANOCHAT_TEST_TAG", value)
+    return value
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch, base_dir):
+    """Run in a temp folder (report.md is copied to the cwd) with a private base dir."""
+    monkeypatch.chdir(tmp_path)
+
+
+# -----------------------------------------------------------------------------
+# Profiles
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_parses(name):
+    prof = pipeline.load_profile(name)
+    meta = prof["profile"]
+    assert meta["description"] and meta["hours"] > 0 and meta["cost_usd"] >= 0 and meta["gpus"]
+    for stage, table in prof.get("stages", {}).items():
+        assert table.get("nproc", 1) >= 1, stage
+
+
+def test_profiles_are_the_documented_ones():
+    assert {"tiny", "cpu", "speedrun", "d26", "d32"} <= set(PROFILES)
+    speedrun = pipeline.load_profile("speedrun")["stages"]["05_pretrain"]
+    assert speedrun["nproc"] == 8
+    assert speedrun["parameters"] == {"depth": 20, "max_seq_len": 2048, "device_batch_size": 32,
+                                      "total_batch_size": 524288, "target_param_data_ratio": 20}
+    assert pipeline.load_profile("d26")["stages"]["05_pretrain"]["parameters"]["device_batch_size"] == 16
+    assert pipeline.load_profile("d32")["stages"]["05_pretrain"]["parameters"]["device_batch_size"] == 8
+
+
+@pytest.mark.parametrize("notebook", COURSE_NOTEBOOKS, ids=lambda p: p.stem)
+def test_profiles_only_set_parameters_the_notebook_declares(notebook):
+    """Guards the profiles against a notebook renaming or dropping a parameter."""
+    declared = set(papermill.inspect_notebook(str(notebook)))
+    for name in PROFILES:
+        wanted = pipeline.load_profile(name).get("stages", {}).get(notebook.stem, {}).get("parameters", {})
+        unknown = set(wanted) - declared
+        assert not unknown, f"profile {name} sets {sorted(unknown)} but {notebook.name} declares {sorted(declared)}"
+
+
+def test_bad_profile_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[profile]\ndescription = "x"\nhours = 1\ncost_usd = 0\ngpus = "none"\n'
+                    '[stages.05_pretrain]\ndepth = 4\n')
+    with pytest.raises(pipeline.PipelineError, match=r"\[stages.05_pretrain\] has unknown key\(s\) \['depth'\]"):
+        pipeline.load_profile(str(path))
+    with pytest.raises(pipeline.PipelineError, match="Known profiles: cpu, d26"):
+        pipeline.load_profile("speedrn")
+
+
+# -----------------------------------------------------------------------------
+# Planning and parameters (nothing executes in these)
+
+@pytest.mark.parametrize("text, value", [("4", 4), ("3e-4", 3e-4), ("true", True), ("[1, 2]", [1, 2]),
+                                         ("null", None), ('"a b"', "a b"), ("hello", "hello"),
+                                         ("05_pretrain", "05_pretrain")])
+def test_parse_value(text, value):
+    assert pipeline.parse_value(text) == value
+
+
+def test_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pipeline.main(["run", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--profile", "--run", "--from", "--only", "--force", "--param", "--notebooks"):
+        assert option in out
+
+
+def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path, base_dir, capsys):
+    nbs = notebooks(tmp_path, "01_first", "02_second")
+    assert pipeline.main(["run", "--notebooks", nbs, "-p", "nte=x"]) == 2
+    err = capsys.readouterr().err
+    assert "no stage in this run declares a parameter 'nte'; did you mean note?" in err
+    prof = profile(tmp_path, {"02_second": {"parameters": {"fial": True}}})
+    assert pipeline.main(["run", "--profile", prof, "--notebooks", nbs]) == 2
+    err = capsys.readouterr().err
+    assert "stage 02_second: unknown parameter 'fial'; did you mean fail?" in err
+    assert pipeline.main(["run", "--notebooks", nbs, "-p", "01_first.fail=true"]) == 2
+    assert "stage 01_first: unknown parameter 'fail'" in capsys.readouterr().err
+    assert pipeline.main(["run", "--notebooks", nbs, "-p", "01_frist.note=x"]) == 2
+    assert "no stage '01_frist'; did you mean 01_first" in capsys.readouterr().err
+    assert stage_log(base_dir) == [] and not (Path(base_dir) / "runs").exists()
+
+
+def test_plan_reports_missing_notebooks_and_runs_unlisted_ones(tmp_path, base_dir, capsys):
+    nbs = notebooks(tmp_path, "01_first", "02_second")
+    prof = profile(tmp_path, {"02_second": {"parameters": {"fail": True}},
+                              "07_not_written": {"nproc": 8, "parameters": {"anything": 1}}})
+    assert pipeline.main(["run", "--profile", prof, "--notebooks", nbs, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "01_first         nproc 1  run" in out  # not in the profile: defaults, 1 process
+    assert "07_not_written   nproc 8  skip: no notebook yet" in out
+    assert not (Path(base_dir) / "runs").exists()  # a dry run writes nothing
+    stages = pipeline.plan_stages(pipeline.load_profile(prof), Path(nbs))
+    pipeline.apply_and_validate(stages, pipeline.parse_overrides(["note=hi", "02_second.sleep_s=1"]), stages)
+    params = {s.name: s.parameters for s in stages}
+    assert params == {"01_first": {"note": "hi"}, "02_second": {"fail": True, "sleep_s": 1},
+                      "07_not_written": {"anything": 1}}
+    assert [s.name for s in pipeline.select_stages(stages, "2", None)] == ["02_second", "07_not_written"]
+    assert [s.name for s in pipeline.select_stages(stages, None, "01_first")] == ["01_first"]
+
+
+# -----------------------------------------------------------------------------
+# Executing: single-process stages
+
+def test_interrupted_run_resumes_and_force_reruns(tmp_path, base_dir, capsys):
+    nbs = notebooks(tmp_path, "01_first", "02_second")
+    run_dir = Path(base_dir) / "runs" / "r"
+    # 1: stage 02 fails, like a run that was interrupted there
+    assert pipeline.main(["run", "--run", "r", "--notebooks", nbs, "-p", "fail=true"]) == 1
+    err = capsys.readouterr().err
+    assert "stage 02_second failed" in err and 'raise RuntimeError("02_second was told to fail")' in err
+    assert stage_log(base_dir) == ["01_first first"]
+    assert (run_dir / "01_first.done").exists() and not (run_dir / "02_second.done").exists()
+    header = Path(base_dir) / "report" / "00_header.md"
+    header_written = header.stat().st_mtime_ns
+    # 2: the same command without the failure skips 01 and continues with 02
+    assert pipeline.main(["run", "--run", "r", "--notebooks", nbs]) == 0
+    out = capsys.readouterr().out
+    assert "01_first         nproc 1  skip: complete" in out
+    assert stage_log(base_dir) == ["01_first first", "02_second"]
+    assert header.stat().st_mtime_ns == header_written  # resuming keeps the report's header
+    assert json.loads((run_dir / "02_second.done").read_text())["wall_time_s"] > 0
+    assert (tmp_path / "report.md").exists()
+    # 3: --force reruns a complete stage, with new parameters
+    assert pipeline.main(["run", "--run", "r", "--notebooks", nbs, "--only", "01", "--force", "-p", "note=again"]) == 0
+    assert stage_log(base_dir) == ["01_first first", "02_second", "01_first again"]
+    executed = (run_dir / "01_first.ipynb").read_text()
+    assert "01_first ran with note again" in executed
+
+
+def test_cell_timeout_stops_a_hung_cell(tmp_path, base_dir, tag, capsys):
+    nbs = notebooks(tmp_path, "02_second")
+    t0 = time.time()
+    assert pipeline.main(["run", "--notebooks", nbs, "-p", "sleep_s=300", "--cell-timeout", "2"]) == 1
+    assert time.time() - t0 < 120  # the cell alone would sleep 300 s
+    assert "CellTimeoutError" in capsys.readouterr().err
+    assert not leftover_kernels(tag)
+
+
+# -----------------------------------------------------------------------------
+# Executing: torchrun with 2 CPU ranks (gloo)
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ranks_run_one_notebook(tmp_path, base_dir, tag, capfd):
+    nbs = notebooks(tmp_path, "03_allreduce")
+    prof = profile(tmp_path, {"03_allreduce": {"nproc": 2, "parameters": {"scale": 2.0}}})
+    assert pipeline.main(["run", "--profile", prof, "--run", "dist", "--notebooks", nbs,
+                          "--cell-timeout", "300", "--dist-timeout", "300"]) == 0
+    out = capfd.readouterr().out
+    assert "[rank 0] rank 0 of 2 joined" in out and "[rank 1] rank 1 of 2 joined" in out
+    run_dir = Path(base_dir) / "runs" / "dist"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["03_allreduce.done", "03_allreduce.ipynb"]
+    executed = json.loads((run_dir / "03_allreduce.ipynb").read_text())
+    outputs = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                      for cell in executed["cells"] for o in cell.get("outputs", []))
+    # rank 1's contribution (2 x 2.0) is in rank 0's notebook: both ranks did the work
+    assert "contributions=[2.0, 4.0] all_reduce_total=6.0" in outputs
+    assert not leftover_kernels(tag)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_failing_rank_fails_the_stage_fast_and_leaves_no_kernels(tmp_path, base_dir, tag, capfd):
+    nbs = notebooks(tmp_path, "04_rank1_fails")
+    prof = profile(tmp_path, {"04_rank1_fails": {"nproc": 2}})
+    timeout = 300  # rank 0 waits in an all_reduce rank 1 never joins: without fail-fast, this long
+    t0 = time.time()
+    assert pipeline.main(["run", "--profile", prof, "--run", "fail", "--notebooks", nbs,
+                          "--cell-timeout", str(timeout), "--dist-timeout", str(timeout)]) == 1
+    finished = time.time()
+    err = capfd.readouterr().err
+    assert "rank 1 of 2 failed first: ValueError: rank 1 fails on purpose" in err
+    assert "raise ValueError(message)" in err  # the failing cell's source
+    run_dir = Path(base_dir) / "runs" / "fail"
+    failed_at = json.loads((run_dir / "04_rank1_fails.rank1.error").read_text())["time"]
+    print(f"stage took {finished - t0:.1f}s; from rank 1's error to the runner's exit {finished - failed_at:.1f}s")
+    assert finished - failed_at < 30  # seconds, not the 300 s timeout
+    assert finished - t0 < timeout / 2
+    assert not (run_dir / "04_rank1_fails.done").exists()
+    assert not leftover_kernels(tag)
