@@ -67,13 +67,15 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_distributed(device: str | None = None, timeout_s: float = 600.0) -> DistInfo:
+def init_distributed(device: str | None = None, timeout_s: float | None = None) -> DistInfo:
     """Join the process group when launched by torchrun; a no-op for a single process.
 
     Safe to call twice (a notebook cell re-run). nccl on CUDA, gloo on CPU. The timeout
-    bounds a hang when another rank has died.
+    (default $NANOCHAT_DIST_TIMEOUT, else 600 s; the pipeline sets it) bounds a hang
+    when another rank has died.
     """
     device = device or autodetect_device()
+    timeout_s = timeout_s or float(os.environ.get("NANOCHAT_DIST_TIMEOUT", "600"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
