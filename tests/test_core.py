@@ -3,12 +3,12 @@ import json
 import os
 import random
 import re
-import subprocess
 import sys
 from os.path import commonprefix
 from types import SimpleNamespace
 
 import pytest
+from torchrun import run_two_ranks
 import torch
 import torch.nn as nn
 import yaml
@@ -411,11 +411,7 @@ DIST_DATA = random_mc_items(60, seed=3)
 
 @pytest.mark.distributed
 def test_torchrun_two_ranks_match_one_process(tmp_path):
-    out = tmp_path / "result.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, str(out)]
-    subprocess.run(cmd, check=True, env=env, timeout=120, capture_output=True)
-    result = json.loads(out.read_text())
+    result = run_two_ranks(__file__, tmp_path / "result.json")
     alone = core.evaluate_task(RandomBigramModel(seed=2), ByteTokenizer(), MC, DIST_DATA, "cpu", max_per_task=45)
     assert result["world_size"] == 2 and result["accuracy"] == alone
     assert sorted(result["calls"]) == [22, 23]  # each rank scored its own half of the 45 items

@@ -7,12 +7,12 @@ under a second. A few use the course data pack's real shards.
 import json
 import os
 import random
-import subprocess
 import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from torchrun import run_two_ranks
 import torch
 
 from nanochat import dataset
@@ -217,12 +217,8 @@ def test_a_shard_damaged_inside_is_named(docs, tokenizer):
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_two_ranks_see_disjoint_documents_that_cover_the_data(docs, tmp_path):
-    out = tmp_path / "ranks.json"
     worker = os.path.join(os.path.dirname(__file__), "dist_loader_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", worker, str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = json.loads(out.read_text())
+    ranks = run_two_ranks(worker, tmp_path / "ranks.json")
     assert [r["rank"] for r in ranks] == [0, 1]
     # the documents the ranks read: together every val document, each exactly once
     read = [tag for r in ranks for tag in r["read_tags"]]

@@ -2,11 +2,11 @@
 import json
 import math
 import os
-import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
+from torchrun import run_two_ranks
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -131,11 +131,7 @@ def _distributed_worker(out_path):
 
 @pytest.mark.distributed
 def test_torchrun_two_ranks_match_one_process(tmp_path):
-    out = tmp_path / "result.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, str(out)]
-    subprocess.run(cmd, check=True, env=env, timeout=120, capture_output=True)
-    result = json.loads(out.read_text())
+    result = run_two_ranks(__file__, tmp_path / "result.json")
     alone = evaluate_bpb(random_model(), iter(make_batches(6)), 6, make_token_bytes())
     half = evaluate_bpb(random_model(), iter(make_batches(6)[0::2]), 3, make_token_bytes())
     assert result["world_size"] == 2 and result["bpb"] == pytest.approx(alone, rel=1e-6)
