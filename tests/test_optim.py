@@ -1,12 +1,9 @@
 """Muon and AdamW: Newton-Schulz, AdamW == torch's, and 2 ranks == 1 process."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 import dist_optim_worker as worker
+from torchrun import launch_two_ranks
 from nanochat.optim import MuonAdamW, muon_momentum, newton_schulz
 
 # The quintic s -> a s + b s^3 + c s^5 settles singular values in a band around 1, not at 1
@@ -95,11 +92,7 @@ def test_state_dict_refuses_another_world_size():
 
 @pytest.mark.distributed
 def test_two_ranks_match_one_process(tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               worker.__file__, str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, f"torchrun failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    launch_two_ranks(worker.__file__, tmp_path, timeout=300)
 
     model, optimizer = worker.make_model()  # one process, whole batches: the reference
     worker.train(model, optimizer, range(worker.TOTAL_STEPS))
