@@ -13,7 +13,8 @@ A stage reports with write_section("05_pretrain", "Base model", {"base/CORE": 0.
 "base/val_bpb": 0.81, "wall_time_s": 3600.0}, ["loss.png"]). The summary table picks the
 metrics it knows from keys named PHASE/METRIC, where PHASE is base, mid, sft or rl and
 METRIC one of SUMMARY_METRICS (compared without case or punctuation, so "sft/arc_easy"
-fills the ARC-Easy row of the SFT column). A metric named wall_time_s is summed into the
+fills the ARC-Easy row of the SFT column). CORE measured on n of its tasks is reported
+as "base/CORE-20" and shown in the CORE row with that label. A metric named wall_time_s is summed into the
 total wall time.
 """
 import argparse
@@ -231,13 +232,16 @@ def summary_table(sections: list[dict]) -> str:
     for section in sections:  # later stages win: a final eval overrides an earlier estimate
         for key, value in section["metrics"].items():
             phase, slash, name = key.partition("/")
-            if slash and phase.lower() in PHASES:
-                found[(metric_key(name), phase.lower())] = value
+            if not (slash and phase.lower() in PHASES):
+                continue
+            if re.fullmatch(r"core\d+", metric_key(name)):  # CORE on some of its tasks: the CORE row, labelled
+                found[("core", phase.lower())] = f"{format_value(value)} ({name})"
+            else:
+                found[(metric_key(name), phase.lower())] = format_value(value)
     lines = ["| Metric | " + " | ".join(p.upper() for p in PHASES) + " |",
              "|---" * (len(PHASES) + 1) + "|"]
     for metric in SUMMARY_METRICS:
-        cells = [format_value(found[(metric_key(metric), p)]) if (metric_key(metric), p) in found else "-"
-                 for p in PHASES]
+        cells = [found.get((metric_key(metric), p), "-") for p in PHASES]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -111,3 +111,10 @@ def test_command_line(base_dir, tmp_path, monkeypatch, capsys):
     assert "~41.6 h" in (Path(base_dir) / "report" / "00_header.md").read_text()
     assert report.main(["generate"]) == 0
     assert (tmp_path / "report.md").read_text().startswith("# nanochat report card")
+
+
+def test_core_on_some_tasks_fills_the_core_row_with_its_label(base_dir):
+    report.reset()
+    report.write_section("05_pretrain", "Base model pretraining", {"base/CORE-20": 0.0123})
+    text = report.generate(copy_to=None).read_text()
+    assert summary_row(text, "CORE") == ["0.0123 (CORE-20)", "-", "-", "-"]

@@ -1,0 +1,362 @@
+"""What every training notebook shares (pretraining, midtraining, SFT): the arithmetic and bookkeeping around the loop.
+
+The loop itself stays in the notebook, where a learner reads it:
+
+    for step in range(start_step, horizon.steps + 1):
+        ...evaluate / sample / save when due...
+        for micro_step in range(accum_steps):          # gradient accumulation
+            loss = model(inputs, targets) / accum_steps
+            loss.backward()
+        set_schedules(optimizer, step, ...)             # lr warmup/warmdown, Muon momentum
+        optimizer.step()                                # averages gradients across ranks
+
+This module holds the parts around it: how many micro-steps make the total batch, how
+many steps the run has (the horizon), the schedules, tokens/s and MFU, the validation
+bits-per-byte, samples from fixed prompts, a logger (console and wandb), the checkpoint
+of a whole training state and the history of metrics that the plots are drawn from.
+"""
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from nanochat import checkpoint as ckpt
+from nanochat.common import get_rank, get_world_size, print0
+from nanochat.dataloader import build_val_loader
+from nanochat.evaluation.loss import evaluate_bpb
+
+# -----------------------------------------------------------------------------
+# Batch arithmetic and the horizon
+
+
+def grad_accum_steps(total_batch_size: int, device_batch_size: int, max_seq_len: int, world_size: int) -> int:
+    """Micro-steps per optimizer step, so that every step sees exactly total_batch_size tokens.
+
+    One micro-step on all ranks processes device_batch_size x max_seq_len x world_size
+    tokens; the gradients of accum_steps of them are summed before the optimizer steps.
+    """
+    per_micro_step = device_batch_size * max_seq_len * world_size
+    if total_batch_size % per_micro_step:
+        raise ValueError(
+            f"total_batch_size={total_batch_size:,} tokens is not a multiple of one micro-step's "
+            f"{per_micro_step:,} (device_batch_size {device_batch_size} x max_seq_len {max_seq_len} x "
+            f"{world_size} rank(s)). Use a multiple, e.g. {per_micro_step * max(1, round(total_batch_size / per_micro_step)):,}.")
+    return total_batch_size // per_micro_step
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """How long a run is, and which parameter decided it."""
+    steps: int
+    tokens: int
+    flops: float
+    reason: str
+
+
+def training_horizon(num_iterations: int, target_flops: float, target_param_data_ratio: float,
+                     num_params: int, flops_per_token: float, total_batch_size: int) -> Horizon:
+    """The number of optimizer steps, from the first of these that is set (> 0):
+
+    1. num_iterations            exactly that many steps
+    2. target_flops              steps = flops / (flops_per_token x total_batch_size)
+    3. target_param_data_ratio   tokens = ratio x parameters (Chinchilla: ~20), steps = tokens / total_batch_size
+    """
+    flops_per_step = flops_per_token * total_batch_size
+    if num_iterations > 0:
+        steps, reason = num_iterations, f"num_iterations = {num_iterations:,}"
+    elif target_flops > 0:
+        steps = max(1, round(target_flops / flops_per_step))
+        reason = f"target_flops = {target_flops:.3g}"
+    elif target_param_data_ratio > 0:
+        steps = max(1, round(target_param_data_ratio * num_params / total_batch_size))
+        reason = f"target_param_data_ratio = {target_param_data_ratio:g} tokens per parameter"
+    else:
+        raise ValueError("no training horizon: set num_iterations, target_flops or target_param_data_ratio to a "
+                         "positive value (they are used in that order of precedence)")
+    return Horizon(steps=steps, tokens=steps * total_batch_size, flops=steps * flops_per_step, reason=reason)
+
+
+# -----------------------------------------------------------------------------
+# Schedules
+
+
+def lr_multiplier(step: int, num_steps: int, warmup_ratio: float = 0.0, warmdown_ratio: float = 0.2,
+                  final_lr_frac: float = 0.0) -> float:
+    """Trapezoid: ramp up linearly over the warmup, hold at 1, ramp down linearly to final_lr_frac at the end."""
+    warmup = round(warmup_ratio * num_steps)
+    warmdown = round(warmdown_ratio * num_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if step <= num_steps - warmdown:
+        return 1.0
+    progress = (num_steps - step) / warmdown  # 1 at the start of the warmdown, 0 at the last step
+    return final_lr_frac + (1.0 - final_lr_frac) * progress
+
+
+def set_schedules(optimizer, step: int, num_steps: int, muon_momentum_fn=None, **lr_kwargs) -> float:
+    """Set every group's lr for this step (initial_lr x multiplier) and Muon's momentum; returns the multiplier."""
+    multiplier = lr_multiplier(step, num_steps, **lr_kwargs)
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * multiplier
+        if group["kind"] == "muon" and muon_momentum_fn is not None:
+            group["momentum"] = muon_momentum_fn(step)
+    return multiplier
+
+
+# -----------------------------------------------------------------------------
+# Throughput and MFU
+
+# Dense bf16 tensor-core peak per GPU, from the vendors' datasheets (without sparsity).
+GPU_PEAK_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100": 989e12,   # SXM
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+}
+_cpu_peak_cache: dict = {}
+
+
+def measure_cpu_matmul_flops(size: int = 1024, repeats: int = 10) -> float:
+    """FLOP/s of an fp32 (size x size) matmul on this CPU: the best this machine does, our stand-in for a 'peak'."""
+    if size not in _cpu_peak_cache:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b  # warm up the threads and caches
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        _cpu_peak_cache[size] = 2 * size**3 / best
+    return _cpu_peak_cache[size]
+
+
+def peak_flops(device) -> tuple[float | None, str]:
+    """(peak FLOP/s of one device, where the number comes from). None when we do not know the GPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in GPU_PEAK_FLOPS.items():  # "H100 PCIe" is checked before "H100"
+            if key in name:
+                return flops, f"{name}: {flops / 1e12:.0f} TFLOP/s bf16 (datasheet)"
+        return None, f"{name}: peak unknown (add it to nanochat.train.GPU_PEAK_FLOPS)"
+    if device.type == "cpu":
+        flops = measure_cpu_matmul_flops()
+        return flops, f"CPU: {flops / 1e9:.0f} GFLOP/s, an estimate (measured fp32 1024x1024 matmul, not a datasheet peak)"
+    return None, f"{device.type}: peak unknown"
+
+
+class Throughput:
+    """Tokens/s and MFU over the run's steps, leaving out the first few (compilation, warm-up)."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops_per_device: float | None,
+                 world_size: int = 1, skip_steps: int = 3, elapsed: float = 0.0, timed_steps: int = 0):
+        self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
+        self.peak = None if peak_flops_per_device is None else peak_flops_per_device * world_size
+        self.skip_steps = skip_steps
+        self.elapsed, self.timed_steps = elapsed, timed_steps  # carried over a resume
+        self.last_dt = float("nan")
+        self._start = None
+
+    def start(self) -> None:
+        """Call right before a step."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def stop(self, step: int) -> None:
+        """Call right after a step (the step number it just took)."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # GPU work is asynchronous: wait for it, or we time the launch
+        self.last_dt = time.perf_counter() - self._start
+        if step >= self.skip_steps:
+            self.elapsed += self.last_dt
+            self.timed_steps += 1
+
+    def tokens_per_second(self, last: bool = False) -> float:
+        """All ranks' tokens per second, of the last step or averaged over the timed steps."""
+        dt = self.last_dt if last else self.elapsed / max(self.timed_steps, 1)
+        return self.tokens_per_step / dt if dt > 0 else float("nan")
+
+    def mfu(self, last: bool = False) -> float | None:
+        """Model FLOPs utilisation: achieved training FLOP/s / peak FLOP/s of all devices (None if no peak)."""
+        if self.peak is None:
+            return None
+        return self.tokens_per_second(last) * self.flops_per_token / self.peak
+
+
+# -----------------------------------------------------------------------------
+# Evaluation and samples
+
+
+def evaluate_val_bpb(model, tokenizer, device_batch_size: int, max_seq_len: int, eval_tokens: int, device,
+                     token_bytes: torch.Tensor) -> float:
+    """Bits per byte on the first eval_tokens tokens of the val split (all ranks together; every rank calls it)."""
+    per_step = device_batch_size * max_seq_len * get_world_size()
+    steps = max(1, eval_tokens // per_step)
+    loader = build_val_loader(tokenizer, device_batch_size, max_seq_len, device, max_batches=steps)
+    model.eval()
+    try:
+        return evaluate_bpb(model, loader, steps, token_bytes)
+    finally:
+        model.train()
+
+
+SAMPLE_PROMPTS = [
+    "The capital of France is",
+    "The chemical symbol of gold is",
+    "If yesterday was Friday, then tomorrow will be",
+    "The opposite of hot is",
+    "The planets of the solar system are:",
+    "My favorite color is",
+    "If 5*x + 3 = 13, then x is",
+]
+
+
+def sample_completions(model, tokenizer, prompts=SAMPLE_PROMPTS, max_tokens: int = 16) -> list[str]:
+    """Greedy continuations of fixed prompts: the same prompts at every step, so progress is visible."""
+    model.eval()
+    samples = []
+    try:
+        for prompt in prompts:
+            ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
+            continuation = list(model.generate(ids, max_tokens, temperature=0.0))
+            samples.append(prompt + tokenizer.decode(continuation))
+    finally:
+        model.train()
+    return samples
+
+
+def mean_across_ranks(value: torch.Tensor) -> float:
+    """The mean of a scalar over all ranks (the loss every rank computed on its own batch)."""
+    value = value.detach().float().clone()
+    if dist.is_initialized():
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value.item()
+
+
+# -----------------------------------------------------------------------------
+# History, logging
+
+
+class History:
+    """Every metric the run logged, as {name: [(step, value), ...]}: plots are drawn from it and it is saved with checkpoints."""
+
+    def __init__(self, series: dict | None = None):
+        self.series = {name: [tuple(point) for point in points] for name, points in (series or {}).items()}
+
+    def add(self, step: int, **metrics) -> None:
+        """Record metrics at a step (a value already recorded at that step is replaced: a resumed run re-evaluates)."""
+        for name, value in metrics.items():
+            points = self.series.setdefault(name, [])
+            if points and points[-1][0] == step:
+                points.pop()
+            points.append((step, value))
+
+    def steps(self, name: str) -> list[int]:
+        return [step for step, _ in self.series.get(name, [])]
+
+    def values(self, name: str) -> list:
+        return [value for _, value in self.series.get(name, [])]
+
+    def last(self, name: str, default=None):
+        return self.series[name][-1][1] if self.series.get(name) else default
+
+    def state_dict(self) -> dict:
+        return {name: [list(point) for point in points] for name, points in self.series.items()}
+
+
+class RunLogger:
+    """Console lines every log_every steps; everything to wandb as well when a run name is given ('dummy' = off).
+
+    Only rank 0 prints or talks to wandb. wandb is imported only when asked for.
+    """
+
+    def __init__(self, run: str, project: str, config: dict, log_every: int = 10):
+        self.log_every = max(1, log_every)
+        self.wandb = None
+        if run != "dummy" and get_rank() == 0:
+            try:
+                import wandb
+            except ImportError as e:
+                raise ImportError(f"run={run!r} asks for wandb logging, but wandb is not installed: pip install wandb "
+                                  f"(or set run='dummy' to log to the console only)") from e
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.wandb = wandb.init(project=project, name=run, config=config)
+
+    def log(self, step: int, metrics: dict, line: str | None = None, force: bool = False) -> None:
+        """Send metrics to wandb; print `line` if this is a console step (or force)."""
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+        if line is not None and (force or step % self.log_every == 0):
+            print0(line)
+
+    def finish(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def is_due(step: int, every: int, last_step: bool) -> bool:
+    """Is a periodic task (eval, CORE, samples, save) due now? every > 0: each `every` steps and at the end; 0: only at the end; -1: never."""
+    if every < 0:
+        return False
+    return last_step or (every > 0 and step % every == 0)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints of a whole training state
+
+
+def save_training_state(folder: str, step: int, model, optimizer, loader, meta: dict) -> None:
+    """Everything needed to continue exactly: weights, this rank's optimizer shard and loader position, meta.
+
+    Every rank calls it. meta carries the config, the history and the throughput counters.
+    """
+    ckpt.save_checkpoint(folder, step, model.state_dict(), optimizer.state_dict(), meta,
+                         loader_state=loader.state_dict(), rank=get_rank())
+
+
+def load_training_state(folder: str, step: int, model, optimizer, device) -> tuple[dict, dict | None]:
+    """Load a save_training_state() into model and optimizer; return (meta, this rank's loader state)."""
+    loaded = ckpt.load_checkpoint(folder, step, device, load_optimizer=True, rank=get_rank(),
+                                  expected_config=model.config)
+    model.load_state_dict(loaded.model_state)
+    optimizer.load_state_dict(loaded.optimizer_state)
+    return loaded.meta, loaded.loader_state
+
+
+# -----------------------------------------------------------------------------
+# Plots
+
+
+def plot_history(history: History, flops_per_step: float, lr_schedule: list[float] | None = None,
+                 train_key: str = "train/loss", val_key: str = "val/bpb"):
+    """Loss and val bpb against steps and against training FLOPs, and the LR schedule. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    panels = 3 if lr_schedule is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
+    # A train loss is logged during step s, so after s + 1 steps of FLOPs; a val bpb at step s, after s steps.
+    by_step = (axes[0], "step", lambda s: s, lambda s: s)
+    by_flops = (axes[1], "training FLOPs", lambda s: (s + 1) * flops_per_step, lambda s: s * flops_per_step)
+    for ax, xlabel, train_x, val_x in (by_step, by_flops):
+        keep = (lambda x: x > 0) if xlabel != "step" else (lambda x: True)  # a log axis has no 0
+        points = [(train_x(s), v) for s, v in history.series.get(train_key, []) if keep(train_x(s))]
+        ax.plot(*zip(*points), lw=0.8, alpha=0.8)
+        ax.set(xlabel=xlabel, ylabel="train loss (nats/token)", title=f"loss against {xlabel}")
+        if xlabel != "step":
+            ax.set_xscale("log")
+        val_points = [(val_x(s), v) for s, v in history.series.get(val_key, []) if keep(val_x(s))]
+        if val_points:
+            twin = ax.twinx()
+            twin.plot(*zip(*val_points), "o-", color="C1")
+            twin.set_ylabel("val bits per byte", color="C1")
+    if lr_schedule is not None:
+        axes[2].plot(lr_schedule)
+        axes[2].set(xlabel="step", ylabel="lr multiplier", title="learning-rate schedule", ylim=(0, 1.05))
+    fig.tight_layout()
+    return fig
