@@ -152,3 +152,40 @@ def test_a_kill_mid_save_leaves_the_last_good_checkpoint(tmp_path, kill_in):
     assert all(torch.equal(value, expected[name]) for name, value in model.state_dict().items())
     assert loader_state == {"next_document": [1, 0]} and meta["step"] == 1
     assert len(optimizer.state) == len(list(model.parameters()))  # momentum and Adam moments came back
+
+
+def test_wandb_logging_when_a_run_name_is_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")  # writes the run to disk, no network, no account
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = train.RunLogger("unit-test", "nanochat-tests", {"depth": 1}, log_every=1)
+    logger.log(0, {"train/loss": 5.0}, "step 0")
+    logger.log(1, {"train/loss": 4.0}, "step 1")
+    logger.finish()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert train.RunLogger("dummy", "nanochat-tests", {}).wandb is None  # "dummy": console only
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager():
+    def one_step(compile_model):
+        torch.manual_seed(0)
+        model = build_model(GPTConfig(sequence_len=32, vocab_size=64, n_layer=1, n_head=1, n_kv_head=1, n_embd=32))
+        optimizer = model.setup_optimizers()
+        run = torch.compile(model, dynamic=False) if compile_model else model
+        data = torch.Generator().manual_seed(1)
+        losses = []
+        for _ in range(3):
+            x, y = torch.randint(0, 64, (2, 2, 32), generator=data)
+            loss = run(x, y)
+            loss.backward()
+            optimizer.step()
+            model.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        return losses, model.state_dict()
+
+    eager_losses, eager_state = one_step(False)
+    compiled_losses, compiled_state = one_step(True)
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    for name, value in eager_state.items():  # the compiled model trains the same weights
+        torch.testing.assert_close(compiled_state[name], value, atol=1e-4, rtol=1e-3)
