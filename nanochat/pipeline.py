@@ -546,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="validate and show the plan, run nothing")
     commands.add_parser("profiles", help="list the profiles with their expected time and cost")
     commands.add_parser("report", help="the report card: reset | generate (see nanochat report --help)")
+    commands.add_parser("chat", help="chat with a trained model in the terminal (see nanochat chat --help)")
     return parser
 
 
@@ -558,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["report"]:  # report has its own parser (and its own --help)
             from nanochat import report
             return report.main(argv[1:])
+        if argv[:1] == ["chat"]:  # so does chat
+            from nanochat.ui import cli
+            return cli.main(argv[1:])
         args = build_parser().parse_args(argv)
         if args.command == "profiles":
             list_profiles()
