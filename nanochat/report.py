@@ -14,8 +14,8 @@ A stage reports with write_section("05_pretrain", "Base model", {"base/CORE": 0.
 metrics it knows from keys named PHASE/METRIC, where PHASE is base, mid, sft or rl and
 METRIC one of SUMMARY_METRICS (compared without case or punctuation, so "sft/arc_easy"
 fills the ARC-Easy row of the SFT column). CORE measured on n of its tasks is reported
-as "base/CORE-20" and shown in the CORE row with that label. A metric named wall_time_s is summed into the
-total wall time.
+as "base/CORE-20" and shown in the CORE row with that label. A metric named wall_time_s is
+summed into the total wall time.
 """
 import argparse
 import json
