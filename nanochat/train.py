@@ -26,6 +26,7 @@ import torch.distributed as dist
 from nanochat import checkpoint as ckpt
 from nanochat.common import get_rank, get_world_size, print0
 from nanochat.dataloader import build_val_loader
+from nanochat.engine import Engine
 from nanochat.evaluation.loss import evaluate_bpb
 
 # -----------------------------------------------------------------------------
@@ -218,13 +219,14 @@ SAMPLE_PROMPTS = [
 
 def sample_completions(model, tokenizer, prompts=SAMPLE_PROMPTS, max_tokens: int = 16) -> list[str]:
     """Greedy continuations of fixed prompts: the same prompts at every step, so progress is visible."""
+    engine = Engine(model, tokenizer, tool=None)  # KV cache; a base model has no tools
     model.eval()
     samples = []
     try:
         for prompt in prompts:
             ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
-            continuation = list(model.generate(ids, max_tokens, temperature=0.0))
-            samples.append(prompt + tokenizer.decode(continuation))
+            sequences, _ = engine.generate_batch(ids, max_tokens=max_tokens, temperature=0.0)
+            samples.append(prompt + tokenizer.decode(sequences[0][len(ids):]))
     finally:
         model.train()
     return samples

@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 
-from nanochat.checkpoint import PHASES, build_model_from_checkpoint, phase_dir
+from nanochat.checkpoint import PHASES, build_model_from_checkpoint, find_checkpoint
 from nanochat.common import autodetect_device, get_base_dir
 from nanochat.engine import Engine
 from nanochat.tokenizer import get_tokenizer
@@ -24,11 +24,13 @@ TOOL_MARKS = {"<|python_start|>": "[", "<|python_end|>": "", "<|output_start|>":
 
 
 def most_trained_phase(base_dir: str) -> str:
-    """The last phase that has a checkpoint (rl, then sft, mid, base): the model most ready to chat."""
+    """The last phase with a complete checkpoint (rl, then sft, mid, base): the model most ready to chat."""
     for phase in reversed(PHASES):
-        folder = phase_dir(base_dir, phase)
-        if os.path.isdir(folder) and any(os.scandir(folder)):
+        try:
+            find_checkpoint(base_dir, phase)
             return phase
+        except FileNotFoundError:
+            continue
     raise FileNotFoundError(f"no checkpoint under {os.path.join(base_dir, 'checkpoints')}: train a model first "
                             f"(notebooks/05_pretrain.ipynb, or `nanochat run --profile tiny`), or set "
                             f"NANOCHAT_BASE_DIR to the base dir of a finished run")
@@ -88,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
     base_dir = get_base_dir()
     try:
-        phase = args.phase or most_trained_phase(base_dir)
         with contextlib.redirect_stdout(sys.stderr):  # stdout is for the replies alone
+            phase = args.phase or most_trained_phase(base_dir)
             model, meta = build_model_from_checkpoint(phase, args.depth, args.step,
                                                       device=args.device or autodetect_device())
     except FileNotFoundError as e:
