@@ -49,7 +49,7 @@ def load_tokenizer(vocab_size: int):
                     seen += len(doc)
                     if seen >= max_chars:
                         return
-        return train_tokenizer(text(), vocab_size, base_dir=tempfile.mkdtemp()), f"temporary, vocab {vocab_size}"
+        return train_tokenizer(text(), vocab_size, directory=tempfile.mkdtemp()), f"temporary, vocab {vocab_size}"
 
 
 def time_loader(kind, tokenizer, T: int, threads: int, seconds: float, settle_documents: int = 1000) -> dict:

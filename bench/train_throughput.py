@@ -62,7 +62,7 @@ def run_mode(args) -> dict:
     train_model = torch.compile(model, dynamic=False) if mode == "compile" else model
     inputs, targets = torch.randint(0, args.vocab, (2, args.batch, args.seq_len), device=device)  # (B, T) each
     meter = Throughput(args.batch * args.seq_len, model.estimate_flops(), args.peak_flops,
-                       world_size=1, skip_steps=args.warmup)
+                       world_size=1, skip_steps=args.warmup, device=device)
 
     # The same batch every step: the loss falls as the model memorises it, which does not change the speed.
     total, step_seconds = args.warmup + args.steps, []

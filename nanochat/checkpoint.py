@@ -1,14 +1,19 @@
-"""Atomic save/load of a training run's state: weights, optimizer shards, loader positions, metadata.
+"""Atomic save/load of a training run's state; loading a trained model for chat or evaluation.
 
-A checkpoint of step S is a set of files in one folder (base_dir/checkpoints/{phase}/d{depth}):
+A checkpoint of step S is a set of files in one folder (common.checkpoint_dir(phase, depth),
+i.e. base_dir/checkpoints/{phase}/d{depth}):
   model_{S:06d}.pt            the weights (written by rank 0; every rank holds the same ones)
   optim_{S:06d}_rank{r}.pt    rank r's optimizer shard (nanochat.optim: each rank owns some parameters)
   loader_{S:06d}_rank{r}.pt   rank r's data-loader position, if the caller gives one
   meta_{S:06d}.json           config, metrics, tokenizer hash, world size: written LAST, by rank 0
-Each file is written under a temporary name in the same folder and then renamed with
-os.replace, which is atomic: after a crash a file is either absent or whole. The meta file
+Each file is written with common.atomic_file (a temporary name, fsync, then os.replace,
+which is atomic): after a crash a file is either absent or whole. The meta file
 is written only once every rank has finished its files, so "the meta file exists" is the
 definition of "this step is complete", and an interrupted save is simply not seen.
+
+Every later stage and every chat view loads its model with load_model(): it finds the most
+trained phase (rl > sft > mid > base) unless told which, the largest depth and the last
+step, and refuses a model trained with another tokenizer than the one in base_dir/tokenizer.
 """
 import json
 import os
@@ -20,9 +25,9 @@ import torch
 import torch.distributed as dist
 
 from nanochat import common
+from nanochat.common import PHASES, checkpoint_dir, phase_dir  # noqa: F401 (re-exported)
 from nanochat.gpt import GPT, GPTConfig, build_model
 
-PHASES = ("base", "mid", "sft", "rl")
 _META_NAME = re.compile(r"^meta_(\d{6,})\.json$")
 
 
@@ -37,18 +42,6 @@ class LoadedCheckpoint(NamedTuple):
     loader_state: object | None
 
 
-def phase_dir(base_dir: str, phase: str) -> str:
-    """Where one training phase keeps its checkpoints: base_dir/checkpoints/{phase}."""
-    if phase not in PHASES:
-        raise ValueError(f"unknown phase {phase!r}: use one of {PHASES}")
-    return os.path.join(base_dir, "checkpoints", phase)
-
-
-def checkpoint_dir(base_dir: str, phase: str, depth: int) -> str:
-    """Where a phase's checkpoints of one model size live: base_dir/checkpoints/{phase}/d{depth}."""
-    return os.path.join(phase_dir(base_dir, phase), f"d{depth}")
-
-
 def _paths(folder: str, step: int, rank: int = 0) -> dict:
     """The file names that make up one step (per-rank files for `rank`)."""
     return {
@@ -59,22 +52,13 @@ def _paths(folder: str, step: int, rank: int = 0) -> dict:
     }
 
 
-def _atomic_write(path: str, write) -> None:
-    """Call write(file) on a temporary file next to `path`, flush it to disk, then rename it into place."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows when both are in the same folder
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def _save(obj, path: str) -> None:
+    """torch.save, atomically."""
+    with common.atomic_file(path) as f:
+        torch.save(obj, f)
 
 
-def save_checkpoint(checkpoint_dir: str, step: int, model_state: dict, optimizer_state: dict | None,
+def save_checkpoint(folder: str, step: int, model_state: dict, optimizer_state: dict | None,
                     meta: dict, loader_state=None, rank: int = 0) -> None:
     """Write one step. Every rank calls it (with its own optimizer/loader state); rank 0 writes model and meta.
 
@@ -83,34 +67,33 @@ def save_checkpoint(checkpoint_dir: str, step: int, model_state: dict, optimizer
     and the world size are added to it.
     """
     meta_text = json.dumps({**meta, "step": step, "world_size": common.get_world_size()}, indent=2)
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    paths = _paths(checkpoint_dir, step, rank)
+    paths = _paths(folder, step, rank)
     if rank == 0:
-        _atomic_write(paths["model"], lambda f: torch.save(model_state, f))
+        _save(model_state, paths["model"])
     if optimizer_state is not None:
-        _atomic_write(paths["optim"], lambda f: torch.save(optimizer_state, f))
+        _save(optimizer_state, paths["optim"])
     if loader_state is not None:
-        _atomic_write(paths["loader"], lambda f: torch.save(loader_state, f))
+        _save(loader_state, paths["loader"])
     distributed = dist.is_available() and dist.is_initialized()
     if distributed:
         dist.barrier()  # every rank's files are in place before the step is declared complete
     if rank == 0:
-        _atomic_write(paths["meta"], lambda f: f.write(meta_text.encode()))
+        common.atomic_write(paths["meta"], meta_text)
     if distributed:
         dist.barrier()  # and no rank goes on (and perhaps reads it) before it is complete
 
 
-def complete_steps(checkpoint_dir: str) -> list[int]:
+def complete_steps(folder: str) -> list[int]:
     """The steps in a folder whose meta file exists (i.e. whose save finished), ascending."""
-    if not os.path.isdir(checkpoint_dir):
+    if not os.path.isdir(folder):
         return []
-    matches = (_META_NAME.match(name) for name in os.listdir(checkpoint_dir))
+    matches = (_META_NAME.match(name) for name in os.listdir(folder))
     return sorted(int(m.group(1)) for m in matches if m)
 
 
-def find_last_step(checkpoint_dir: str) -> int | None:
+def find_last_step(folder: str) -> int | None:
     """The last complete step in a folder, or None if there is none (a fresh run)."""
-    steps = complete_steps(checkpoint_dir)
+    steps = complete_steps(folder)
     return steps[-1] if steps else None
 
 
@@ -136,21 +119,21 @@ def _check_config(meta: dict, expected, meta_path: str) -> None:
                               + "; ".join(wrong) + "). Check the depth/vocab you asked for.")
 
 
-def load_checkpoint(checkpoint_dir: str, step: int, device="cpu", load_optimizer: bool = True,
+def load_checkpoint(folder: str, step: int, device="cpu", load_optimizer: bool = True,
                     rank: int = 0, expected_config=None) -> LoadedCheckpoint:
     """Read one complete step: (model_state, optimizer_state or None, meta, loader_state or None).
 
     expected_config (a GPTConfig or a dict of some of its fields) is compared against the
     saved config before any weights are read.
     """
-    if not os.path.isdir(checkpoint_dir):
-        raise FileNotFoundError(f"no checkpoint folder {checkpoint_dir}: train this phase first, "
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"no checkpoint folder {folder}: train this phase first, "
                                 f"or check NANOCHAT_BASE_DIR, the phase and the depth")
-    steps = complete_steps(checkpoint_dir)
+    steps = complete_steps(folder)
     if step not in steps:
-        raise FileNotFoundError(f"no complete checkpoint for step {step} in {checkpoint_dir}; "
+        raise FileNotFoundError(f"no complete checkpoint for step {step} in {folder}; "
                                 f"complete steps there: {steps or 'none'}")
-    paths = _paths(checkpoint_dir, step, rank)
+    paths = _paths(folder, step, rank)
     try:
         with open(paths["meta"]) as f:
             meta = json.load(f)
@@ -166,7 +149,7 @@ def load_checkpoint(checkpoint_dir: str, step: int, device="cpu", load_optimizer
     if load_optimizer:
         saved_world, world = meta.get("world_size", 1), common.get_world_size()
         if saved_world != world:
-            raise CheckpointError(f"step {step} in {checkpoint_dir} was saved by {saved_world} rank(s) and this "
+            raise CheckpointError(f"step {step} in {folder} was saved by {saved_world} rank(s) and this "
                                   f"run has {world}: each rank owns an optimizer shard, so resume with "
                                   f"{saved_world} rank(s) (or pass load_optimizer=False to restart the optimizer)")
         optimizer_state = _load_file(paths["optim"], device)
@@ -174,31 +157,73 @@ def load_checkpoint(checkpoint_dir: str, step: int, device="cpu", load_optimizer
     return LoadedCheckpoint(model_state, optimizer_state, meta, loader_state)
 
 
-def find_checkpoint(base_dir: str, phase: str, depth: int | None = None, step: int | None = None):
-    """Resolve (folder, step) for a phase; a missing depth or step is guessed (largest, last) and said so."""
+def find_checkpoint(phase: str, depth: int | None = None, step: int | None = None) -> tuple[str, int]:
+    """Resolve (folder, step) for a phase; a missing depth or step means the largest depth and its last step."""
     if depth is None:
-        parent = phase_dir(base_dir, phase)
+        parent = phase_dir(phase)
         names = os.listdir(parent) if os.path.isdir(parent) else []
         depths = sorted(int(name[1:]) for name in names
                         if re.fullmatch(r"d\d+", name) and complete_steps(os.path.join(parent, name)))
         if not depths:
             raise FileNotFoundError(f"no complete {phase!r} checkpoint of any depth under {parent}: run that phase first")
         depth = depths[-1]
-        common.print0(f"no depth given: using d{depth}, the largest {phase!r} model in {parent}")
-    folder = checkpoint_dir(base_dir, phase, depth)
+    folder = checkpoint_dir(phase, depth)
     if step is None:
         step = find_last_step(folder)
         if step is None:
             raise FileNotFoundError(f"no complete checkpoint in {folder}: run the {phase!r} phase at depth {depth} first")
-        common.print0(f"no step given: using step {step}, the last complete one in {folder}")
     return folder, step
 
 
-def build_model_from_checkpoint(phase: str, depth: int | None = None, step: int | None = None, device="cpu",
-                                base_dir: str | None = None, dtype=None) -> tuple[GPT, dict]:
-    """Build the GPT a checkpoint describes and load its weights. Returns (model, meta)."""
-    folder, step = find_checkpoint(base_dir or common.get_base_dir(), phase, depth, step)
+def most_trained_phase() -> str:
+    """The last phase with a complete checkpoint (rl, then sft, mid, base): the model most ready to chat."""
+    for phase in reversed(PHASES):
+        try:
+            find_checkpoint(phase)
+            return phase
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"no checkpoint under {common.base_path('checkpoints')}: train a model first "
+                            f"(notebooks/05_pretrain.ipynb, or `nanochat run --profile tiny`), or set "
+                            f"NANOCHAT_BASE_DIR to the base dir of a finished run")
+
+
+class LoadedModel(NamedTuple):
+    model: GPT
+    tokenizer: object  # nanochat.tokenizer.Tokenizer
+    meta: dict         # the checkpoint's meta, plus "phase" and "folder"
+
+
+def check_tokenizer(meta: dict, tokenizer, where: str) -> None:
+    """Refuse a model trained with another tokenizer: its token ids would mean other strings."""
+    vocab = meta.get("config", {}).get("vocab_size")
+    saved = meta.get("tokenizer")
+    if vocab != tokenizer.get_vocab_size() or (saved is not None and saved != tokenizer.fingerprint()):
+        raise CheckpointError(
+            f"{where} was trained with another tokenizer (vocab {vocab}, fingerprint {saved}) than the one in "
+            f"{common.tokenizer_dir()} (vocab {tokenizer.get_vocab_size()}, fingerprint {tokenizer.fingerprint()}): "
+            f"point NANOCHAT_BASE_DIR at the run that trained it, or retrain from notebook 01 in this base dir")
+
+
+def load_model(phase: str | None = None, depth: int | None = None, step: int | None = None, device="cpu",
+               dtype=None, tokenizer=None) -> LoadedModel:
+    """The model a later stage, an evaluation or a chat starts from, with its tokenizer, checked.
+
+    phase None = the most trained one there is; depth None = the largest; step None = the
+    last complete one. The tokenizer (default: base_dir/tokenizer) must be the one the model
+    was trained with.
+    """
+    from nanochat.tokenizer import get_tokenizer
+
+    guessed = [what for what, value in (("phase", phase), ("depth", depth), ("step", step)) if value is None]
+    phase = phase or most_trained_phase()
+    folder, step = find_checkpoint(phase, depth, step)
+    common.print0(f"loading the {phase!r} model, step {step}, from {folder}"
+                  + (f" (the most trained phase, largest depth, last step: no {', '.join(guessed)} given)"
+                     if guessed else ""))
     ckpt = load_checkpoint(folder, step, device, load_optimizer=False)
+    tokenizer = tokenizer or get_tokenizer()
+    check_tokenizer(ckpt.meta, tokenizer, f"the {phase!r} model in {folder} (step {step})")
     model = build_model(GPTConfig(**ckpt.meta["config"]), device, dtype)
     model.load_state_dict(ckpt.model_state)
-    return model, ckpt.meta
+    return LoadedModel(model, tokenizer, {**ckpt.meta, "phase": phase, "folder": folder})

@@ -16,13 +16,9 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from nanochat import hub
-from nanochat.common import get_base_dir
+from nanochat.common import pretrain_data_dir
 
 MAX_SHARD = 1822  # the public dataset has shard_00000 .. shard_01822
-
-
-def data_dir() -> str:
-    return os.path.join(get_base_dir(), "base_data")
 
 
 def shard_name(index: int) -> str:
@@ -44,7 +40,7 @@ def download_shards(num_shards: int, num_workers: int = 4) -> list[str]:
     """Download shards 0..num_shards-1 (skipping those on disk), a few at a time."""
     if not 2 <= num_shards <= MAX_SHARD + 1:
         raise ValueError(f"num_shards must be between 2 (one train, one val) and {MAX_SHARD + 1}, got {num_shards}")
-    paths = [os.path.join(data_dir(), shard_name(i)) for i in range(num_shards)]
+    paths = [os.path.join(pretrain_data_dir(), shard_name(i)) for i in range(num_shards)]
     todo = [(i, p) for i, p in enumerate(paths) if not os.path.exists(p)]
     with ThreadPoolExecutor(max_workers=num_workers) as pool:
         jobs = [pool.submit(hub.download, shard_url(i), p, validate=check_parquet) for i, p in todo]
@@ -55,7 +51,7 @@ def download_shards(num_shards: int, num_workers: int = 4) -> list[str]:
 
 def list_parquet_files(directory: str | None = None) -> list[str]:
     """All complete shards on disk, in order; a clear error when there are none."""
-    directory = directory or data_dir()
+    directory = directory or pretrain_data_dir()
     files = sorted(f for f in os.listdir(directory) if f.endswith(".parquet")) if os.path.isdir(directory) else []
     if not files:
         raise FileNotFoundError(
@@ -109,7 +105,7 @@ def main():
     parser.add_argument("-w", "--workers", type=int, default=4, help="parallel downloads")
     args = parser.parse_args()
     paths = download_shards(args.num_shards, args.workers)
-    print(f"{len(paths)} shards in {data_dir()} ({len(paths) - 1} train + 1 val)")
+    print(f"{len(paths)} shards in {pretrain_data_dir()} ({len(paths) - 1} train + 1 val)")
 
 
 if __name__ == "__main__":

@@ -195,14 +195,19 @@ class CausalSelfAttention(nn.Module):
         self.c_v = CastLinear(config.n_embd, self.n_kv_head * self.head_dim)
         self.c_proj = CastLinear(self.n_head * self.head_dim, config.n_embd)
 
-    def forward(self, x, cos, sin, kv_cache=None):
-        B, T, C = x.shape
+    def project_qkv(self, x, cos, sin):
+        """q (B, T, H, D) and k, v (B, T, Hkv, D), with q and k rotated (RoPE) and normed (QK-norm)."""
+        B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         # QK-norm: unit-RMS queries and keys keep attention logits in a sane range. (A
         # rotation does not change the RMS, so the order of these two does not matter.)
-        q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        return norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin)), v
+
+    def forward(self, x, cos, sin, kv_cache=None):
+        B, T, C = x.shape
+        q, k, v = self.project_qkv(x, cos, sin)
         if USE_FA3 and kv_cache is None and q.is_cuda and q.dtype == torch.bfloat16:
             y = _fa3_func(q, k, v, causal=True)  # FA3 takes (B, T, H, D) and does GQA itself
             y = y[0] if isinstance(y, tuple) else y  # some FA3 versions also return the log-sum-exp
@@ -212,6 +217,16 @@ class CausalSelfAttention(nn.Module):
                 k, v = kv_cache.insert_kv(self.layer_idx, k, v)  # now all Tk tokens so far
             y = attend(q, k, v).transpose(1, 2)  # (B, T, H, D)
         return self.c_proj(y.reshape(B, T, C))
+
+    def attention_probs(self, x, cos, sin) -> torch.Tensor:
+        """The weights SDPA applies without showing them: softmax(q k^T / sqrt(D)), causal. (B, H, T, T)."""
+        q, k, _ = self.project_qkv(x, cos, sin)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # GQA: each kv head serves a group
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+        T = x.size(1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
 
 
 class MLP(nn.Module):
@@ -286,12 +301,7 @@ class GPT(nn.Module):
         With a kv_cache, idx holds only the new tokens; they sit at positions pos..pos+T.
         """
         B, T = idx.shape
-        pos = kv_cache.get_pos() if kv_cache is not None else 0
-        if pos + T > self.cos.size(0):
-            raise ValueError(f"position {pos + T} is past the {self.cos.size(0)} precomputed RoPE positions")
-        cos = self.cos[None, pos:pos + T, None, :].to(self.compute_dtype)  # (1, T, 1, D/2)
-        sin = self.sin[None, pos:pos + T, None, :].to(self.compute_dtype)
-
+        cos, sin = self.rotary(kv_cache.get_pos() if kv_cache is not None else 0, T)
         x = norm(self.wte(idx).to(self.compute_dtype))  # (B, T, C)
         for block in self.blocks:
             x = block(x, cos, sin, kv_cache)
@@ -305,6 +315,22 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=-1, reduction=loss_reduction)
         return loss.view(B, T) if loss_reduction == "none" else loss
+
+    def rotary(self, pos: int, T: int):
+        """RoPE's cos, sin for positions pos..pos+T, shaped (1, T, 1, D/2) to broadcast over batch and heads."""
+        if pos + T > self.cos.size(0):
+            raise ValueError(f"position {pos + T} is past the {self.cos.size(0)} precomputed RoPE positions")
+        return (self.cos[None, pos:pos + T, None, :].to(self.compute_dtype),
+                self.sin[None, pos:pos + T, None, :].to(self.compute_dtype))
+
+    @torch.no_grad()
+    def attention_probs(self, idx: torch.Tensor, layer: int) -> torch.Tensor:
+        """The attention probabilities (B, H, T, T) of one layer for the sequences idx (B, T), in fp32."""
+        cos, sin = self.rotary(0, idx.size(1))
+        x = norm(self.wte(idx).to(self.compute_dtype))
+        for block in self.blocks[:layer]:
+            x = block(x, cos, sin)
+        return self.blocks[layer].attn.attention_probs(norm(x), cos, sin).float()
 
     def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         """An empty KV cache on this model's device, in its compute dtype."""

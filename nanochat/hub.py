@@ -21,6 +21,8 @@ from typing import Callable
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from nanochat import common
+
 PRETRAIN_REPO = "karpathy/fineweb-edu-100b-shuffle"
 EVAL_BUNDLE_NAME = "eval_bundle.zip"
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
@@ -125,7 +127,7 @@ def download(
                     raise ValueError(f"checksum mismatch: expected sha256 {sha256}, got {got}")
                 if validate is not None:
                     validate(part)
-                os.replace(part, path)
+                common.publish(part, path)
                 return path
             except urllib.error.HTTPError as e:
                 last_error = e
@@ -148,18 +150,18 @@ def download(
     )
 
 
-def download_eval_bundle(base_dir: str) -> str:
+def download_eval_bundle() -> str:
     """Fetch and unzip the CORE eval bundle into base_dir/eval_bundle (atomically); return it."""
-    target = os.path.join(base_dir, "eval_bundle")
+    target = common.eval_bundle_dir()
     if os.path.isfile(os.path.join(target, "core.yaml")):
         return target
-    zip_path = download(eval_bundle_url(), os.path.join(base_dir, EVAL_BUNDLE_NAME), validate=_check_zip)
+    zip_path = download(eval_bundle_url(), common.base_path(EVAL_BUNDLE_NAME), validate=_check_zip)
     with FileLock(target + ".lock"):
         if not os.path.isfile(os.path.join(target, "core.yaml")):
             tmp = target + ".tmp"
             with zipfile.ZipFile(zip_path) as zf:
                 zf.extractall(tmp)
-            os.replace(os.path.join(tmp, "eval_bundle"), target)
+            os.replace(os.path.join(tmp, "eval_bundle"), target)  # a folder: renamed whole, like a file
             os.rmdir(tmp)
     return target
 

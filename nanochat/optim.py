@@ -93,11 +93,9 @@ def adamw_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) 
 UPDATES = {"muon": muon_update, "adamw": adamw_update}
 
 
-def _rank_and_world() -> tuple[int, int]:
-    """(rank, world_size) of the process group, or (0, 1) for a single process."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def owner_rank(index: int, world_size: int) -> int:
+    """The rank that owns parameter number `index` (in param-group order): round-robin."""
+    return index % world_size
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -118,21 +116,29 @@ class MuonAdamW(torch.optim.Optimizer):
                                          f"parameter: put it in an 'adamw' group")
         super().__init__(param_groups, defaults={})
 
+    def ownership(self, world_size: int | None = None) -> list[tuple[dict, torch.Tensor, int]]:
+        """(group, parameter, owner rank) for every parameter, in the order step() visits them.
+
+        world_size defaults to the process group's (1 without one).
+        """
+        world = world_size or common.get_world_size()
+        params = [(group, p) for group in self.param_groups for p in group["params"]]
+        return [(group, p, owner_rank(i, world)) for i, (group, p) in enumerate(params)]
+
     @torch.no_grad()
     def step(self) -> None:
         """Average the gradients across ranks and update every parameter (each on its owner rank)."""
-        rank, world = _rank_and_world()
-        params = [(group, p) for group in self.param_groups for p in group["params"]]
+        rank, world = common.get_rank(), common.get_world_size()
+        owned = self.ownership(world)
         # 1. Sum each gradient onto its owner. All reductions start at once, so the
         #    communication runs while the owners below are already computing.
-        reductions = [dist.reduce(p.grad, dst=i % world, async_op=True)
+        reductions = [dist.reduce(p.grad, dst=owner, async_op=True)
                       if world > 1 and p.grad is not None else None
-                      for i, (_, p) in enumerate(params)]
+                      for _, p, owner in owned]
         broadcasts = []
-        for i, (group, p) in enumerate(params):
+        for i, (group, p, owner) in enumerate(owned):
             if p.grad is None:
                 continue
-            owner = i % world
             if reductions[i] is not None:
                 reductions[i].wait()
             # 2. The owner turns the sum into the mean and updates the parameter.
@@ -149,14 +155,14 @@ class MuonAdamW(torch.optim.Optimizer):
     def state_dict(self) -> dict:
         """This rank's shard: state only for the parameters it owns, tagged with the world size."""
         state = super().state_dict()
-        state["world_size"] = _rank_and_world()[1]
+        state["world_size"] = common.get_world_size()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load this rank's shard; the run must have as many ranks as the one that saved it."""
         state_dict = dict(state_dict)
         saved_world = state_dict.pop("world_size", 1)
-        world = _rank_and_world()[1]
+        world = common.get_world_size()
         if saved_world != world:
             raise ValueError(f"this optimizer state was saved by {saved_world} rank(s) but this run has {world}: "
                              f"each rank owns different parameters, so resume with {saved_world} rank(s)")

@@ -2,6 +2,8 @@
 
     nanochat report reset [--profile NAME]   # start a new card: header, old sections gone
     nanochat report generate [--run RUN]      # assemble BASE_DIR/report.md, copy it here
+(the command line is in nanochat/cli.py; a stage notebook writes its section through
+nanochat.notebook's Stage.finish, which calls write_section).
 
 Under the base dir:
     report/00_header.md                the header: commit, date, machine, cost, code size
@@ -17,44 +19,29 @@ fills the ARC-Easy row of the SFT column). CORE measured on n of its tasks is re
 as "base/CORE-20" and shown in the CORE row with that label. A metric named wall_time_s is
 summed into the total wall time.
 """
-import argparse
 import json
 import os
 import platform
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-try:
-    import tomllib  # Python 3.11+
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from nanochat import common
+from nanochat.common import PHASES, STAGE_NAME, tomllib
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("nanochat", "rustbpe", "notebooks")  # what "code size" counts
 SOURCE_SUFFIXES = {".py", ".rs", ".toml", ".html", ".ipynb"}
-PHASES = ("base", "mid", "sft", "rl")
 SUMMARY_METRICS = ("CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "ChatCORE", "val bpb")
-STAGE_NAME = re.compile(r"^\d\d_\w+$")
 
 
 def report_dir() -> Path:
     """BASE_DIR/report, where the header and the sections live."""
-    from nanochat.common import get_base_dir
-
-    path = Path(get_base_dir()) / "report"
+    path = Path(common.report_dir())
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Temp file, then rename: a crash never leaves half a section that looks whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def format_value(value) -> str:
@@ -100,7 +87,7 @@ def write_section(stage: str, title: str, metrics: dict, plots: list = (), notes
     Only rank 0 writes (the others return None), so a notebook may call this on every rank.
     Metrics must be JSON-serialisable (numbers, strings, lists).
     """
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not common.is_master():
         return None
     if not STAGE_NAME.match(stage):
         raise ValueError(f"stage {stage!r} should be the notebook's name, like '05_pretrain'")
@@ -117,9 +104,9 @@ def write_section(stage: str, title: str, metrics: dict, plots: list = (), notes
         copied.append(name)
     section = {"stage": stage, "title": title, "metrics": dict(metrics), "plots": copied,
                "notes": notes, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_atomic(folder / f"{stage}.json", json.dumps(section, indent=2) + "\n")
+    common.atomic_write(folder / f"{stage}.json", json.dumps(section, indent=2) + "\n")
     path = folder / f"{stage}.md"
-    write_atomic(path, render_section(section))
+    common.atomic_write(path, render_section(section))
     return path
 
 
@@ -214,7 +201,7 @@ def reset(profile: dict | None = None) -> Path:
         if path.is_file():
             path.unlink()
     path = folder / "00_header.md"
-    write_atomic(path, header(profile))
+    common.atomic_write(path, header(profile))
     return path
 
 
@@ -277,31 +264,5 @@ def generate(run_dir: Path | str | None = None, copy_to: Path | str | None = "."
             (destination / "report_files").mkdir(exist_ok=True)
         for image in images:
             shutil.copyfile(image, destination / "report_files" / image.name)
-        write_atomic(destination / "report.md", text)
+        common.atomic_write(destination / "report.md", text)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`nanochat report reset|generate` (also `python -m nanochat.report ...`)."""
-    parser = argparse.ArgumentParser(prog="nanochat report", description="The run's report card.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    r = commands.add_parser("reset", help="start a new card: write the header, drop old sections")
-    r.add_argument("--profile", help="add this profile's expected time and cost to the header")
-    g = commands.add_parser("generate", help="assemble BASE_DIR/report.md and copy it here")
-    g.add_argument("--run", help="also count this run's stage times (BASE_DIR/runs/RUN)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.command == "reset":
-        profile = None
-        if args.profile:
-            from nanochat.pipeline import load_profile
-            profile = load_profile(args.profile)
-        print(f"report header: {reset(profile)}")
-    else:
-        from nanochat.common import get_base_dir
-        run_dir = Path(get_base_dir()) / "runs" / args.run if args.run else None
-        print(f"report card: {generate(run_dir=run_dir)} (copied to ./report.md)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

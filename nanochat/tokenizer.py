@@ -21,8 +21,7 @@ import tiktoken
 import tiktoken.load
 import torch
 
-from nanochat import hub
-from nanochat.common import get_base_dir
+from nanochat import common, hub
 
 # The GPT-4 split pattern, with one change made by nanochat: numbers are split into
 # groups of at most 2 digits (GPT-4 uses 3), which spends fewer vocab slots on numbers.
@@ -38,10 +37,6 @@ SPECIAL_TOKENS = [
     "<|python_start|>", "<|python_end|>",
     "<|output_start|>", "<|output_end|>",
 ]
-
-
-def tokenizer_dir(base_dir: str | None = None) -> str:
-    return os.path.join(base_dir or get_base_dir(), "tokenizer")
 
 
 class Tokenizer:
@@ -62,15 +57,13 @@ class Tokenizer:
 
     def save(self, directory: str) -> None:
         """Write the three files (each atomically: temp name, then rename)."""
-        os.makedirs(directory, exist_ok=True)
         ranks = sorted(self.enc._mergeable_ranks.items(), key=lambda kv: kv[1])
         lines = "".join(f"{base64.b64encode(token).decode()} {rank}\n" for token, rank in ranks)
         meta = {"pattern": self.enc._pat_str, "special_tokens": self.enc._special_tokens, "vocab_size": self.get_vocab_size()}
-        _atomic_write(os.path.join(directory, "tokenizer.tiktoken"), lines.encode())
-        _atomic_write(os.path.join(directory, "tokenizer.json"), json.dumps(meta, indent=2).encode())
-        tmp = os.path.join(directory, "token_bytes.pt.tmp")
-        torch.save(self.token_bytes(), tmp)
-        os.replace(tmp, os.path.join(directory, "token_bytes.pt"))
+        common.atomic_write(os.path.join(directory, "tokenizer.tiktoken"), lines)
+        common.atomic_write(os.path.join(directory, "tokenizer.json"), json.dumps(meta, indent=2))
+        with common.atomic_file(os.path.join(directory, "token_bytes.pt")) as f:
+            torch.save(self.token_bytes(), f)
 
     @classmethod
     def load(cls, directory: str):
@@ -217,15 +210,8 @@ def _normalise_messages(conversation) -> list[dict]:
     return messages
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int, base_dir: str | None = None) -> Tokenizer:
-    """Learn a BPE vocabulary of vocab_size tokens (specials included) and save it to base_dir/tokenizer."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, directory: str | None = None) -> Tokenizer:
+    """Learn a BPE vocabulary of vocab_size tokens (specials included) and save it (default: base_dir/tokenizer)."""
     import rustbpe
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
@@ -233,18 +219,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, base_dir: str | None 
     trainer = rustbpe.Tokenizer()
     trainer.train_from_iterator(texts, vocab_size - len(SPECIAL_TOKENS), pattern=SPLIT_PATTERN)
     tokenizer = Tokenizer.from_ranks(dict(trainer.get_mergeable_ranks()), trainer.get_pattern())
-    tokenizer.save(tokenizer_dir(base_dir))
+    tokenizer.save(directory or common.tokenizer_dir())
     return tokenizer
 
 
-def get_tokenizer(base_dir: str | None = None) -> Tokenizer:
+def get_tokenizer() -> Tokenizer:
     """The tokenizer the tokenizer stage trained (base_dir/tokenizer)."""
-    return Tokenizer.load(tokenizer_dir(base_dir))
+    return Tokenizer.load(common.tokenizer_dir())
 
 
-def get_token_bytes(device: str | torch.device = "cpu", base_dir: str | None = None) -> torch.Tensor:
+def get_token_bytes(device: str | torch.device = "cpu") -> torch.Tensor:
     """token_bytes.pt (bytes per token id) on a device, for bits-per-byte."""
-    path = os.path.join(tokenizer_dir(base_dir), "token_bytes.pt")
+    path = os.path.join(common.tokenizer_dir(), "token_bytes.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"No {path}: train the tokenizer first (notebooks/01_tokenizer.ipynb).")
     return torch.load(path, map_location=device)
@@ -272,7 +258,7 @@ def reference_encoding(name: str) -> tiktoken.Encoding:
     """
     if name not in REFERENCE_FILES:
         raise ValueError(f"unknown reference encoding {name!r}; choose from {sorted(REFERENCE_FILES)}")
-    cache_dir = os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(get_base_dir(), "tiktoken"))
+    cache_dir = os.environ.setdefault("TIKTOKEN_CACHE_DIR", common.tiktoken_cache_dir())
     for path, sha256 in REFERENCE_FILES[name]:
         canonical_url = f"{hub.DEFAULT_TIKTOKEN_BASE_URL}/{path}"
         cache_key = hashlib.sha1(canonical_url.encode()).hexdigest()

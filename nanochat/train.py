@@ -154,25 +154,33 @@ class Throughput:
     """Tokens/s and MFU over the run's steps, leaving out the first few (compilation, warm-up)."""
 
     def __init__(self, tokens_per_step: int, flops_per_token: float, peak_flops_per_device: float | None,
-                 world_size: int = 1, skip_steps: int = 3, elapsed: float = 0.0, timed_steps: int = 0):
+                 world_size: int = 1, skip_steps: int = 3, elapsed: float = 0.0, timed_steps: int = 0,
+                 device="cpu", clock=time.perf_counter):
         self.tokens_per_step, self.flops_per_token = tokens_per_step, flops_per_token
         self.peak = None if peak_flops_per_device is None else peak_flops_per_device * world_size
         self.skip_steps = skip_steps
         self.elapsed, self.timed_steps = elapsed, timed_steps  # carried over a resume
         self.last_dt = float("nan")
+        self.device_type = torch.device(device).type
+        self.clock = clock  # a test passes a fake one: no wall-clock assumptions
         self._start = None
+
+    def _synchronize(self) -> None:
+        """GPU work is asynchronous: wait for it, or we would time the kernel launches."""
+        if self.device_type == "cuda":
+            torch.cuda.synchronize()
+        elif self.device_type == "mps":
+            torch.mps.synchronize()
 
     def start(self) -> None:
         """Call right before a step."""
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self._start = time.perf_counter()
+        self._synchronize()
+        self._start = self.clock()
 
     def stop(self, step: int) -> None:
         """Call right after a step (the step number it just took)."""
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()  # GPU work is asynchronous: wait for it, or we time the launch
-        self.last_dt = time.perf_counter() - self._start
+        self._synchronize()
+        self.last_dt = self.clock() - self._start
         if step >= self.skip_steps:
             self.elapsed += self.last_dt
             self.timed_steps += 1

@@ -6,8 +6,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from nanochat.checkpoint import (CheckpointError, build_model_from_checkpoint, checkpoint_dir, find_checkpoint,
-                                 find_last_step, load_checkpoint, save_checkpoint)
+from nanochat.checkpoint import (CheckpointError, checkpoint_dir, find_checkpoint, find_last_step, load_checkpoint,
+                                 load_model, most_trained_phase, save_checkpoint)
 from nanochat.gpt import GPTConfig, build_model
 
 CONFIG = GPTConfig(sequence_len=16, vocab_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)
@@ -115,23 +115,52 @@ def test_other_world_size_cannot_load_optimizer(tmp_path):
     assert load_checkpoint(str(tmp_path), 1, load_optimizer=False).optimizer_state is None
 
 
-def test_phase_folders_guesses_and_build_from_checkpoint(tmp_path, capsys):
+def test_phase_folders_guesses_and_load_model(base_dir, capsys):
     model, optimizer = make_model()
-    base = str(tmp_path)
-    assert checkpoint_dir(base, "sft", 12) == os.path.join(base, "checkpoints", "sft", "d12")
+    assert checkpoint_dir("sft", 12) == os.path.join(base_dir, "checkpoints", "sft", "d12")
     with pytest.raises(ValueError, match="unknown phase"):
-        checkpoint_dir(base, "pretrain", 12)
-    save(checkpoint_dir(base, "base", 2), 4, model, optimizer)
-    save(checkpoint_dir(base, "base", 2), 8, model, optimizer)
-    os.makedirs(checkpoint_dir(base, "base", 30))  # a bigger model whose first save never finished
+        checkpoint_dir("pretrain", 12)
+    save(checkpoint_dir("base", 2), 4, model, optimizer)
+    save(checkpoint_dir("base", 2), 8, model, optimizer)
+    os.makedirs(checkpoint_dir("base", 30))  # a bigger model whose first save never finished
 
-    assert find_checkpoint(base, "base") == (checkpoint_dir(base, "base", 2), 8)
-    printed = capsys.readouterr().out
-    assert "using d2" in printed and "using step 8" in printed
+    assert find_checkpoint("base") == (checkpoint_dir("base", 2), 8)
     with pytest.raises(FileNotFoundError, match="no complete 'mid' checkpoint"):
-        find_checkpoint(base, "mid")
+        find_checkpoint("mid")
+    assert most_trained_phase() == "base"
 
-    loaded, meta = build_model_from_checkpoint("base", depth=2, step=4, base_dir=base)
-    assert meta["config"] == asdict(CONFIG)
+    tokenizer = FakeTokenizer(vocab_size=CONFIG.vocab_size)
+    loaded, _, meta = load_model(tokenizer=tokenizer)  # phase, depth and step guessed, and said so
+    printed = capsys.readouterr().out
+    assert "'base' model, step 8" in printed and "no phase, depth, step given" in printed
+    assert meta["config"] == asdict(CONFIG) and meta["step"] == 8 and meta["phase"] == "base"
+    loaded, _, meta = load_model("base", depth=2, step=4, tokenizer=tokenizer)
+    assert "given" not in capsys.readouterr().out
     idx = torch.randint(0, 64, (1, 16))
     assert torch.equal(loaded(idx), model(idx))
+
+
+class FakeTokenizer:
+    """Just what the tokenizer check reads."""
+
+    def __init__(self, vocab_size, fingerprint="abc"):
+        self.vocab_size, self.print = vocab_size, fingerprint
+
+    def get_vocab_size(self):
+        return self.vocab_size
+
+    def fingerprint(self):
+        return self.print
+
+
+def test_a_model_of_another_tokenizer_is_refused(base_dir):
+    model, optimizer = make_model()
+    save(checkpoint_dir("sft", 2), 3, model, optimizer, tokenizer="abc")
+    assert load_model(tokenizer=FakeTokenizer(CONFIG.vocab_size, "abc")).meta["phase"] == "sft"
+    with pytest.raises(CheckpointError, match=r"another tokenizer .*fingerprint abc.*fingerprint xyz"):
+        load_model(tokenizer=FakeTokenizer(CONFIG.vocab_size, "xyz"))
+    with pytest.raises(CheckpointError, match=r"vocab 64.*vocab 65"):
+        load_model(tokenizer=FakeTokenizer(CONFIG.vocab_size + 1, "abc"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint under"):
+        os.rename(checkpoint_dir("sft", 2), os.path.join(base_dir, "elsewhere"))
+        most_trained_phase()

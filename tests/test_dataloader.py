@@ -15,7 +15,7 @@ import pytest
 from torchrun import run_two_ranks
 import torch
 
-from nanochat import dataset
+from nanochat import common, dataset
 from nanochat.dataloader import (BestFitLoader, DocumentBuffer, StreamingLoader, build_train_loader,
                                  build_val_loader)
 
@@ -35,7 +35,7 @@ def tokenizer():
 def docs(base_dir):
     """Write tiny shards into base_dir; return {split: [texts in reading order]}."""
     rng = random.Random(0)
-    os.makedirs(dataset.data_dir(), exist_ok=True)
+    os.makedirs(common.pretrain_data_dir(), exist_ok=True)
     texts = {"train": [], "val": []}
     for s, n in enumerate(SHARD_DOCS):
         split = "val" if s == len(SHARD_DOCS) - 1 else "train"
@@ -43,7 +43,7 @@ def docs(base_dir):
         for i in range(n):
             length = int(rng.lognormvariate(4.0, 0.9))  # median ~55 bytes, a tail of long documents
             shard.append(f"[{split} {s}.{i}] " + "".join(rng.choice("abcdefgh ") for _ in range(length)))
-        pq.write_table(pa.table({"text": shard}), os.path.join(dataset.data_dir(), dataset.shard_name(s)),
+        pq.write_table(pa.table({"text": shard}), os.path.join(common.pretrain_data_dir(), dataset.shard_name(s)),
                        row_group_size=ROW_GROUP)
         texts[split] += shard
     return texts
@@ -201,7 +201,7 @@ def test_T_too_large_for_the_val_split(docs, tokenizer):
 
 
 def test_a_shard_damaged_inside_is_named(docs, tokenizer):
-    path = os.path.join(dataset.data_dir(), dataset.shard_name(1))
+    path = os.path.join(common.pretrain_data_dir(), dataset.shard_name(1))
     data = bytearray(open(path, "rb").read())
     footer = 8 + int.from_bytes(data[-8:-4], "little")  # metadata length + "PAR1": keep it, so the file opens
     data[4:len(data) - footer] = b"\x55" * (len(data) - footer - 4)

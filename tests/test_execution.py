@@ -39,7 +39,9 @@ def test_endless_code_times_out_and_the_process_is_gone(loop):
     result = execute_code(code, timeout=1.0)
     elapsed = time.perf_counter() - start
     assert result.timeout and not result.success and "timed out" in result.error
-    assert elapsed < 1.0 + 2.0, f"took {elapsed:.1f} s to stop a 1 s timeout"
+    # far below the 60 s (or forever) the code would run: a timeout that never fired fails this,
+    # a loaded machine that starts Python slowly does not
+    assert elapsed < 20, f"took {elapsed:.1f} s to stop a 1 s timeout"
     child_pid = int(result.stdout.split()[0])
     with pytest.raises(ProcessLookupError):  # killed and reaped: no such process any more
         os.kill(child_pid, 0)

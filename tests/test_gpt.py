@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from nanochat.gpt import GPT, GPTConfig, build_model, config_for_depth, count_params, sample_next_token
+from nanochat.gpt import GPT, GPTConfig, build_model, config_for_depth, count_params, norm, sample_next_token
 
 
 def tiny_config(**overrides) -> GPTConfig:
@@ -178,3 +178,20 @@ def test_sample_next_token_respects_top_k():
     rng = torch.Generator().manual_seed(0)
     picks = sample_next_token(logits, rng, temperature=1.0, top_k=2)
     assert picks.shape == (200, 1) and set(picks.flatten().tolist()) == {1, 2}
+
+
+def test_attention_probs_are_what_the_layer_applies():
+    """Weights x values through c_proj must give the layer's own attention output, GQA included."""
+    model = randomised_model(n_head=4, n_kv_head=2, n_embd=64)
+    idx = torch.randint(0, model.config.vocab_size, (2, 12))
+    cos, sin = model.rotary(0, 12)
+    x = norm(model.wte(idx))
+    x = model.blocks[0](x, cos, sin)  # the input of layer 1
+    attn, h = model.blocks[1].attn, norm(x)
+    probs = model.attention_probs(idx, 1)  # (B, H, T, T)
+    assert probs.shape == (2, 4, 12, 12)
+    assert torch.allclose(probs.sum(-1), torch.ones(2, 4, 12)) and (probs.triu(1) == 0).all()  # causal rows
+    _, _, v = attn.project_qkv(h, cos, sin)
+    v = v.transpose(1, 2).repeat_interleave(2, dim=1)  # (B, H, T, D)
+    y = (probs @ v).transpose(1, 2).reshape(2, 12, -1)
+    assert torch.allclose(attn.c_proj(y), attn(h, cos, sin), atol=1e-5)

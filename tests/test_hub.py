@@ -123,6 +123,6 @@ def test_shards_through_the_mirror(base_dir, data_pack):
 
 
 def test_eval_bundle_through_the_mirror(base_dir, data_pack):
-    bundle = hub.download_eval_bundle(base_dir)
+    bundle = hub.download_eval_bundle()
     assert os.path.isfile(os.path.join(bundle, "core.yaml"))
     assert os.path.isfile(os.path.join(bundle, "eval_data", "world_knowledge", "arc_easy.jsonl"))

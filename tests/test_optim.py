@@ -4,6 +4,7 @@ import torch
 
 import dist_optim_worker as worker
 from torchrun import launch_two_ranks
+from nanochat.gpt import GPTConfig, build_model
 from nanochat.optim import MuonAdamW, muon_momentum, newton_schulz
 
 # The quintic s -> a s + b s^3 + c s^5 settles singular values in a band around 1, not at 1
@@ -108,3 +109,13 @@ def test_two_ranks_match_one_process(tmp_path):
     for name, value in model.state_dict().items():
         assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), f"ranks disagree on {name}"
         torch.testing.assert_close(ranks[0]["state"][name], value, atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_ownership_is_round_robin_over_every_parameter():
+    model = build_model(GPTConfig(sequence_len=8, vocab_size=32, n_layer=2, n_head=1, n_kv_head=1, n_embd=16))
+    optimizer = model.setup_optimizers()
+    owned = optimizer.ownership(world_size=3)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    assert [p for _, p, _ in owned] == params  # each parameter once, in the order step() visits them
+    assert [owner for _, _, owner in owned] == [i % 3 for i in range(len(params))]
+    assert {owner for _, _, owner in optimizer.ownership()} == {0}  # one process owns everything

@@ -12,11 +12,11 @@ from pathlib import Path
 import papermill
 import pytest
 
-from nanochat import pipeline
+from nanochat import cli, stages
 
 FIXTURES = Path(__file__).parent / "fixtures"
-PROFILES = sorted(p.stem for p in pipeline.PROFILES_DIR.glob("*.toml"))
-COURSE_NOTEBOOKS = sorted(pipeline.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+PROFILES = sorted(p.stem for p in stages.PROFILES_DIR.glob("*.toml"))
+COURSE_NOTEBOOKS = sorted(stages.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
 def notebooks(tmp_path, *names) -> str:
@@ -81,7 +81,7 @@ def in_tmp(tmp_path, monkeypatch, base_dir):
 
 @pytest.mark.parametrize("name", PROFILES)
 def test_profile_parses(name):
-    prof = pipeline.load_profile(name)
+    prof = stages.load_profile(name)
     meta = prof["profile"]
     assert meta["description"] and meta["hours"] > 0 and meta["cost_usd"] >= 0 and meta["gpus"]
     for stage, table in prof.get("stages", {}).items():
@@ -90,32 +90,35 @@ def test_profile_parses(name):
 
 def test_profiles_are_the_documented_ones():
     assert {"tiny", "cpu", "speedrun", "d26", "d32"} <= set(PROFILES)
-    speedrun = pipeline.load_profile("speedrun")["stages"]["05_pretrain"]
+    speedrun = stages.load_profile("speedrun")["stages"]["05_pretrain"]
     assert speedrun["nproc"] == 8
     assert speedrun["parameters"] == {"depth": 20, "max_seq_len": 2048, "device_batch_size": 32,
                                       "total_batch_size": 524288, "target_param_data_ratio": 20}
-    assert pipeline.load_profile("d26")["stages"]["05_pretrain"]["parameters"]["device_batch_size"] == 16
-    assert pipeline.load_profile("d32")["stages"]["05_pretrain"]["parameters"]["device_batch_size"] == 8
+    assert stages.load_profile("d26")["stages"]["05_pretrain"]["parameters"]["device_batch_size"] == 16
+    assert stages.load_profile("d32")["stages"]["05_pretrain"]["parameters"]["device_batch_size"] == 8
 
 
 @pytest.mark.parametrize("notebook", COURSE_NOTEBOOKS, ids=lambda p: p.stem)
 def test_profiles_only_set_parameters_the_notebook_declares(notebook):
     """Guards the profiles against a notebook renaming or dropping a parameter."""
     declared = set(papermill.inspect_notebook(str(notebook)))
+    defaults = stages.declared_parameters(notebook)
     for name in PROFILES:
-        wanted = pipeline.load_profile(name).get("stages", {}).get(notebook.stem, {}).get("parameters", {})
+        wanted = stages.load_profile(name).get("stages", {}).get(notebook.stem, {}).get("parameters", {})
         unknown = set(wanted) - declared
         assert not unknown, f"profile {name} sets {sorted(unknown)} but {notebook.name} declares {sorted(declared)}"
+        for key, value in wanted.items():  # and with the type of the notebook's default
+            assert stages.type_mismatch(value, defaults[key]) is None, f"profile {name}: {key} = {value!r}"
 
 
 def test_bad_profile_is_a_clear_error(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[profile]\ndescription = "x"\nhours = 1\ncost_usd = 0\ngpus = "none"\n'
                     '[stages.05_pretrain]\ndepth = 4\n')
-    with pytest.raises(pipeline.PipelineError, match=r"\[stages.05_pretrain\] has unknown key\(s\) \['depth'\]"):
-        pipeline.load_profile(str(path))
-    with pytest.raises(pipeline.PipelineError, match="Known profiles: cpu, d26"):
-        pipeline.load_profile("speedrn")
+    with pytest.raises(stages.PipelineError, match=r"\[stages.05_pretrain\] has unknown key\(s\) \['depth'\]"):
+        stages.load_profile(str(path))
+    with pytest.raises(stages.PipelineError, match="Known profiles: cpu, d26"):
+        stages.load_profile("speedrn")
 
 
 # -----------------------------------------------------------------------------
@@ -125,12 +128,12 @@ def test_bad_profile_is_a_clear_error(tmp_path):
                                          ("null", None), ('"a b"', "a b"), ("hello", "hello"),
                                          ("05_pretrain", "05_pretrain")])
 def test_parse_value(text, value):
-    assert pipeline.parse_value(text) == value
+    assert stages.parse_value(text) == value
 
 
 def test_help_lists_the_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        pipeline.main(["run", "--help"])
+        cli.main(["run", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for option in ("--profile", "--run", "--from", "--only", "--force", "--param", "--notebooks"):
@@ -139,36 +142,51 @@ def test_help_lists_the_options(capsys):
 
 def test_unknown_parameter_is_rejected_before_anything_runs(tmp_path, base_dir, capsys):
     nbs = notebooks(tmp_path, "01_first", "02_second")
-    assert pipeline.main(["run", "--notebooks", nbs, "-p", "nte=x"]) == 2
+    assert cli.main(["run", "--notebooks", nbs, "-p", "nte=x"]) == 2
     err = capsys.readouterr().err
     assert "no stage in this run declares a parameter 'nte'; did you mean note?" in err
     prof = profile(tmp_path, {"02_second": {"parameters": {"fial": True}}})
-    assert pipeline.main(["run", "--profile", prof, "--notebooks", nbs]) == 2
+    assert cli.main(["run", "--profile", prof, "--notebooks", nbs]) == 2
     err = capsys.readouterr().err
     assert "stage 02_second: unknown parameter 'fial'; did you mean fail?" in err
-    assert pipeline.main(["run", "--notebooks", nbs, "-p", "01_first.fail=true"]) == 2
+    assert cli.main(["run", "--notebooks", nbs, "-p", "01_first.fail=true"]) == 2
     assert "stage 01_first: unknown parameter 'fail'" in capsys.readouterr().err
-    assert pipeline.main(["run", "--notebooks", nbs, "-p", "01_frist.note=x"]) == 2
+    assert cli.main(["run", "--notebooks", nbs, "-p", "01_frist.note=x"]) == 2
     assert "no stage '01_frist'; did you mean 01_first" in capsys.readouterr().err
     assert stage_log(base_dir) == [] and not (Path(base_dir) / "runs").exists()
+
+
+@pytest.mark.parametrize("value, default, ok", [(4, 2, True), (3, 0.5, True), (0.5, 3, False), ("abc", 2, False),
+                                               (True, 2, False), ("x", None, True), ([1], [0.5], True),
+                                               (1, "a", False), (True, False, True)])
+def test_a_value_must_have_the_type_of_the_notebooks_default(value, default, ok):
+    assert (stages.type_mismatch(value, default) is None) == ok
+
+
+def test_a_wrongly_typed_value_is_rejected_before_anything_runs(tmp_path, base_dir, capsys):
+    nbs = notebooks(tmp_path, "02_second")
+    assert cli.main(["run", "--notebooks", nbs, "-p", "sleep_s=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "02_second: sleep_s = 'abc' is a str, but the notebook's default" in err
+    assert not (Path(base_dir) / "runs").exists()
 
 
 def test_plan_reports_missing_notebooks_and_runs_unlisted_ones(tmp_path, base_dir, capsys):
     nbs = notebooks(tmp_path, "01_first", "02_second")
     prof = profile(tmp_path, {"02_second": {"parameters": {"fail": True}},
                               "07_not_written": {"nproc": 8, "parameters": {"anything": 1}}})
-    assert pipeline.main(["run", "--profile", prof, "--notebooks", nbs, "--dry-run"]) == 0
+    assert cli.main(["run", "--profile", prof, "--notebooks", nbs, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "01_first         nproc 1  run" in out  # not in the profile: defaults, 1 process
     assert "07_not_written   nproc 8  skip: no notebook yet" in out
     assert not (Path(base_dir) / "runs").exists()  # a dry run writes nothing
-    stages = pipeline.plan_stages(pipeline.load_profile(prof), Path(nbs))
-    pipeline.apply_and_validate(stages, pipeline.parse_overrides(["note=hi", "02_second.sleep_s=1"]), stages)
-    params = {s.name: s.parameters for s in stages}
+    planned = stages.plan_stages(stages.load_profile(prof), Path(nbs))
+    stages.apply_and_validate(planned, stages.parse_overrides(["note=hi", "02_second.sleep_s=1"]), planned)
+    params = {s.name: s.parameters for s in planned}
     assert params == {"01_first": {"note": "hi"}, "02_second": {"fail": True, "sleep_s": 1},
                       "07_not_written": {"anything": 1}}
-    assert [s.name for s in pipeline.select_stages(stages, "2", None)] == ["02_second", "07_not_written"]
-    assert [s.name for s in pipeline.select_stages(stages, None, "01_first")] == ["01_first"]
+    assert [s.name for s in stages.select_stages(planned, "2", None)] == ["02_second", "07_not_written"]
+    assert [s.name for s in stages.select_stages(planned, None, "01_first")] == ["01_first"]
 
 
 # -----------------------------------------------------------------------------
@@ -178,7 +196,7 @@ def test_interrupted_run_resumes_and_force_reruns(tmp_path, base_dir, capsys):
     nbs = notebooks(tmp_path, "01_first", "02_second")
     run_dir = Path(base_dir) / "runs" / "r"
     # 1: stage 02 fails, like a run that was interrupted there
-    assert pipeline.main(["run", "--run", "r", "--notebooks", nbs, "-p", "fail=true"]) == 1
+    assert cli.main(["run", "--run", "r", "--notebooks", nbs, "-p", "fail=true"]) == 1
     err = capsys.readouterr().err
     assert "stage 02_second failed" in err and 'raise RuntimeError("02_second was told to fail")' in err
     assert stage_log(base_dir) == ["01_first first"]
@@ -186,7 +204,7 @@ def test_interrupted_run_resumes_and_force_reruns(tmp_path, base_dir, capsys):
     header = Path(base_dir) / "report" / "00_header.md"
     header_written = header.stat().st_mtime_ns
     # 2: the same command without the failure skips 01 and continues with 02
-    assert pipeline.main(["run", "--run", "r", "--notebooks", nbs]) == 0
+    assert cli.main(["run", "--run", "r", "--notebooks", nbs]) == 0
     out = capsys.readouterr().out
     assert "01_first         nproc 1  skip: complete" in out
     assert stage_log(base_dir) == ["01_first first", "02_second"]
@@ -194,7 +212,7 @@ def test_interrupted_run_resumes_and_force_reruns(tmp_path, base_dir, capsys):
     assert json.loads((run_dir / "02_second.done").read_text())["wall_time_s"] > 0
     assert (tmp_path / "report.md").exists()
     # 3: --force reruns a complete stage, with new parameters
-    assert pipeline.main(["run", "--run", "r", "--notebooks", nbs, "--only", "01", "--force", "-p", "note=again"]) == 0
+    assert cli.main(["run", "--run", "r", "--notebooks", nbs, "--only", "01", "--force", "-p", "note=again"]) == 0
     assert stage_log(base_dir) == ["01_first first", "02_second", "01_first again"]
     executed = (run_dir / "01_first.ipynb").read_text()
     assert "01_first ran with note again" in executed
@@ -203,7 +221,7 @@ def test_interrupted_run_resumes_and_force_reruns(tmp_path, base_dir, capsys):
 def test_cell_timeout_stops_a_hung_cell(tmp_path, base_dir, tag, capsys):
     nbs = notebooks(tmp_path, "02_second")
     t0 = time.time()
-    assert pipeline.main(["run", "--notebooks", nbs, "-p", "sleep_s=300", "--cell-timeout", "2"]) == 1
+    assert cli.main(["run", "--notebooks", nbs, "-p", "sleep_s=300", "--cell-timeout", "2"]) == 1
     assert time.time() - t0 < 120  # the cell alone would sleep 300 s
     assert "CellTimeoutError" in capsys.readouterr().err
     assert not leftover_kernels(tag)
@@ -217,7 +235,7 @@ def test_cell_timeout_stops_a_hung_cell(tmp_path, base_dir, tag, capsys):
 def test_two_ranks_run_one_notebook(tmp_path, base_dir, tag, capfd):
     nbs = notebooks(tmp_path, "03_allreduce")
     prof = profile(tmp_path, {"03_allreduce": {"nproc": 2, "parameters": {"scale": 2.0}}})
-    assert pipeline.main(["run", "--profile", prof, "--run", "dist", "--notebooks", nbs,
+    assert cli.main(["run", "--profile", prof, "--run", "dist", "--notebooks", nbs,
                           "--cell-timeout", "300", "--dist-timeout", "300"]) == 0
     out = capfd.readouterr().out
     assert "[rank 0] rank 0 of 2 joined" in out and "[rank 1] rank 1 of 2 joined" in out
@@ -238,7 +256,7 @@ def test_a_failing_rank_fails_the_stage_fast_and_leaves_no_kernels(tmp_path, bas
     prof = profile(tmp_path, {"04_rank1_fails": {"nproc": 2}})
     timeout = 300  # rank 0 waits in an all_reduce rank 1 never joins: without fail-fast, this long
     t0 = time.time()
-    assert pipeline.main(["run", "--profile", prof, "--run", "fail", "--notebooks", nbs,
+    assert cli.main(["run", "--profile", prof, "--run", "fail", "--notebooks", nbs,
                           "--cell-timeout", str(timeout), "--dist-timeout", str(timeout)]) == 1
     finished = time.time()
     err = capfd.readouterr().err

@@ -13,10 +13,10 @@ import papermill
 import pytest
 import torch
 
-from nanochat import dataset, pipeline
+from nanochat import cli, dataset, stages
 from nanochat.tokenizer import train_tokenizer
 
-NOTEBOOK = pipeline.NOTEBOOKS_DIR / "05_pretrain.ipynb"
+NOTEBOOK = stages.NOTEBOOKS_DIR / "05_pretrain.ipynb"
 SMALL = dict(depth=1, max_seq_len=64, device_batch_size=2, total_batch_size=256, eval_every=3, eval_tokens=512,
              core_metric_every=-1, sample_every=-1, log_every=1)
 
@@ -89,7 +89,7 @@ def test_resume_is_bit_exact(pretrain_inputs, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_ranks_train_through_the_pipeline(pretrain_inputs, tmp_path, monkeypatch):
+def test_two_ranks_train_through_the_pipeline(pretrain_inputs, tmp_path, monkeypatch, capfd):
     base = fresh_base_dir(pretrain_inputs, tmp_path / "base", monkeypatch)
     monkeypatch.chdir(tmp_path)
     notebooks = tmp_path / "notebooks"
@@ -100,12 +100,13 @@ def test_two_ranks_train_through_the_pipeline(pretrain_inputs, tmp_path, monkeyp
     profile.write_text('[profile]\ndescription = "test"\nhours = 0\ncost_usd = 0\ngpus = "none"\n'
                        '[stages.05_pretrain]\nnproc = 2\n[stages.05_pretrain.parameters]\n'
                        + "".join(f"{key} = {json.dumps(value)}\n" for key, value in params.items()))
-    assert pipeline.main(["run", "--profile", str(profile), "--run", "dist", "--notebooks", str(notebooks),
+    assert cli.main(["run", "--profile", str(profile), "--run", "dist", "--notebooks", str(notebooks),
                           "--cell-timeout", "600", "--dist-timeout", "300"]) == 0
+    assert "[rank 1]" not in capfd.readouterr().out  # only rank 0 prints, up to the stage's last line
 
     executed = json.loads((base / "runs" / "dist" / "05_pretrain.ipynb").read_text())
     printed = "".join("".join(o.get("text", "")) for cell in executed["cells"] for o in cell.get("outputs", []))
-    assert "device cpu, 2 rank(s)" in printed
+    assert "05_pretrain: 2 rank(s) on cpu" in printed
     assert "512 tokens per step = 2 x 64 x 2 rank(s) x 2 micro-step(s)" in printed
     assert "all checks passed" in printed
     folder = base / "checkpoints" / "base" / "d1"

@@ -38,7 +38,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from nanochat import hub
-from nanochat.common import get_base_dir
+from nanochat.common import get_rank, get_world_size, is_master
 
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 SHUFFLE_SEED = 1337  # fixes which items a max_per_task subset contains
@@ -56,7 +56,7 @@ def load_core_tasks(bundle_dir: str) -> list[dict]:
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"No {os.path.basename(path)} in {bundle_dir}: this is not an eval bundle.\n"
-                f"  Let nanochat.hub.download_eval_bundle(base_dir) fetch it (NANOCHAT_EVAL_BUNDLE_URL sets where from)."
+                f"  Let nanochat.hub.download_eval_bundle() fetch it (NANOCHAT_EVAL_BUNDLE_URL sets where from)."
             )
     with open(yaml_path) as f:
         entries = yaml.safe_load(f)["icl_tasks"]
@@ -284,12 +284,11 @@ def evaluate_task(model, tokenizer, task_meta: dict, data: list[dict], device, m
     """
     if not data:
         raise ValueError(f"task {task_meta.get('label', '?')} has no items")
-    distributed = dist.is_initialized()
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    mine = item_order(len(data), max_per_task)[rank::world_size]
+    world_size = get_world_size()
+    mine = item_order(len(data), max_per_task)[get_rank()::world_size]
     correct = evaluate_items(model, tokenizer, task_meta, data, device, mine)
     counts = torch.tensor([sum(correct), len(correct)], dtype=torch.long, device=device)
-    if distributed:
+    if world_size > 1:
         dist.all_reduce(counts)  # (correct, total) summed over ranks
     return counts[0].item() / counts[1].item()
 
@@ -312,7 +311,7 @@ def evaluate_core(model, tokenizer, device, bundle_dir: str | None = None, max_p
         max_per_task   items per task (-1: all), so a subsampled result is never mistaken for a full one
     `tasks` restricts the run to some task labels. Under torchrun every rank must call this.
     """
-    bundle_dir = bundle_dir or hub.download_eval_bundle(get_base_dir())
+    bundle_dir = bundle_dir or hub.download_eval_bundle()
     all_tasks = load_core_tasks(bundle_dir)
     if tasks is not None:
         known = {task["label"] for task in all_tasks}
@@ -331,8 +330,7 @@ def evaluate_core(model, tokenizer, device, bundle_dir: str | None = None, max_p
         raise FileNotFoundError(f"none of the selected CORE tasks has its data under {bundle_dir}/eval_data")
 
     accuracy, centered, loaded = {}, {}, {}
-    is_master = not dist.is_initialized() or dist.get_rank() == 0
-    bar = tqdm(present, desc="CORE tasks", disable=not is_master)
+    bar = tqdm(present, desc="CORE tasks", disable=not is_master())
     for task in bar:
         bar.set_postfix_str(task["label"])
         path = data_path(task)

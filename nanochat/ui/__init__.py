@@ -1,1 +1,1 @@
-"""Ways to talk to a trained model: the terminal (cli.py); the notebook widget and web page come later."""
+"""Ways to talk to a trained model: the terminal (terminal.py); the notebook widget and web page come later."""

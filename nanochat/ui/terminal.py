@@ -4,36 +4,20 @@
     nanochat chat --phase base --depth 4   # a particular one
     nanochat chat --prompt "Why is the sky blue?" --temperature 0   # one answer, then exit
 
-Each turn renders the whole conversation with the chat tokens (tokenizer.render_for_completion),
-lets the Engine write the assistant's turn with its KV cache and the calculator tool, and
-prints the reply as it is generated. Type `clear` to start a new conversation, `quit` to leave.
+Each turn renders the whole conversation with the chat tokens (render_for_completion), lets
+the Engine write the assistant's turn with its KV cache and the calculator tool, and prints
+the reply as it is generated. The arguments are declared in nanochat/cli.py. Type `clear` to start a new conversation, `quit` to leave.
 """
-import argparse
 import contextlib
-import os
 import sys
 
-from nanochat.checkpoint import PHASES, build_model_from_checkpoint, find_checkpoint
-from nanochat.common import autodetect_device, get_base_dir
+from nanochat import common
+from nanochat.checkpoint import CheckpointError, load_model
 from nanochat.engine import Engine
-from nanochat.tokenizer import get_tokenizer
 
 # How a tool call reads in the terminal: <|python_start|>12*3<|python_end|><|output_start|>36<|output_end|>
 # shows as [12*3 = 36].
 TOOL_MARKS = {"<|python_start|>": "[", "<|python_end|>": "", "<|output_start|>": " = ", "<|output_end|>": "]"}
-
-
-def most_trained_phase(base_dir: str) -> str:
-    """The last phase with a complete checkpoint (rl, then sft, mid, base): the model most ready to chat."""
-    for phase in reversed(PHASES):
-        try:
-            find_checkpoint(base_dir, phase)
-            return phase
-        except FileNotFoundError:
-            continue
-    raise FileNotFoundError(f"no checkpoint under {os.path.join(base_dir, 'checkpoints')}: train a model first "
-                            f"(notebooks/05_pretrain.ipynb, or `nanochat run --profile tiny`), or set "
-                            f"NANOCHAT_BASE_DIR to the base dir of a finished run")
 
 
 def render_reply(tokenizer, ids: list[int]) -> str:
@@ -75,34 +59,20 @@ def stream_reply(engine, tokenizer, messages: list[dict], max_tokens: int, tempe
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nanochat chat", description="Chat with a trained model in the terminal.")
-    parser.add_argument("--phase", choices=PHASES, help="which model (default: the most trained there is)")
-    parser.add_argument("--depth", type=int, help="model depth (default: the largest of that phase)")
-    parser.add_argument("--step", type=int, help="checkpoint step (default: the last)")
-    parser.add_argument("--prompt", help="ask one question, print the answer and exit")
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--max-tokens", type=int, default=256, help="longest reply, in tokens")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--device", help="cuda, mps or cpu (default: the best there is)")
-    args = parser.parse_args(argv)
-
-    base_dir = get_base_dir()
+def chat(args) -> int:
+    """`nanochat chat`: one answer (--prompt) or a conversation until `quit`; returns the exit code."""
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout is for the replies alone
-            phase = args.phase or most_trained_phase(base_dir)
-            model, meta = build_model_from_checkpoint(phase, args.depth, args.step,
-                                                      device=args.device or autodetect_device())
-    except FileNotFoundError as e:
+            loaded = load_model(args.phase, args.depth, args.step, device=args.device or common.autodetect_device())
+    except (FileNotFoundError, CheckpointError) as e:
         print(f"nanochat chat: {e}", file=sys.stderr)
         return 2
+    model, tokenizer, meta = loaded
     model.eval()
-    tokenizer = get_tokenizer()
     engine = Engine(model, tokenizer)
-    print(f"nanochat chat: {phase} model d{meta['config']['n_layer']} (step {meta['step']}) from {base_dir}"
-          + ("; a base model has not learned to chat, expect it to ramble" if phase == "base" else ""),
-          file=sys.stderr)
+    print(f"nanochat chat: {meta['phase']} model d{meta['config']['n_layer']} (step {meta['step']}) from "
+          f"{meta['folder']}" + ("; a base model has not learned to chat, expect it to ramble"
+                                 if meta["phase"] == "base" else ""), file=sys.stderr)
 
     reply = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     if args.prompt is not None:
@@ -134,6 +104,3 @@ def main(argv: list[str] | None = None) -> int:
         messages.append({"role": "assistant", "content": answer})
         reply["seed"] += 1  # a new turn, new randomness
 
-
-if __name__ == "__main__":
-    sys.exit(main())
