@@ -14,6 +14,7 @@ import pytest
 REPO = os.path.dirname(os.path.abspath(__file__))
 DATA_PACK = os.environ.get("NANOCHAT_DATA_PACK", os.path.join(REPO, "..", "shared", "data"))
 _session = {}
+_notebooks_run = {}  # NN_name -> True when every cell nbval ran passed
 
 
 def pytest_configure(config):
@@ -35,6 +36,26 @@ def pytest_unconfigure(config):
         _session["server"].shutdown()
     if "base_dir" in _session:
         shutil.rmtree(_session["base_dir"], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The checks of what the notebooks wrote (tests/test_after_notebooks.py) run after the notebooks."""
+    last = [item for item in items if item.nodeid.startswith("tests/test_after_notebooks.py")]
+    items[:] = [item for item in items if item not in last] + last
+
+
+def pytest_runtest_logreport(report):
+    """Remember which notebooks nbval ran in this session, and whether all their cells passed."""
+    path, sep, _ = report.nodeid.partition(".ipynb::")
+    if sep and report.when == "call":
+        name = os.path.basename(path)
+        _notebooks_run[name] = _notebooks_run.get(name, True) and report.passed
+
+
+@pytest.fixture(scope="session")
+def notebooks_run() -> dict:
+    """{NN_name: all cells passed} for the notebooks nbval has run so far in this session."""
+    return _notebooks_run
 
 
 @pytest.fixture(scope="session")
