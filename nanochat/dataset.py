@@ -36,12 +36,25 @@ def check_parquet(path: str) -> None:
         raise ValueError(f"{path} has no 'text' column (columns: {schema.names})")
 
 
+def shard_is_whole(path: str) -> bool:
+    """True if a readable shard is on disk; a truncated or corrupt one is deleted (and said so) to be fetched again."""
+    if not os.path.exists(path):
+        return False
+    try:
+        check_parquet(path)  # reads the footer: a truncated file has none
+        return True
+    except Exception as e:
+        print(f"{path} is broken ({type(e).__name__}: {e}); downloading it again")
+        os.remove(path)
+        return False
+
+
 def download_shards(num_shards: int, num_workers: int = 4) -> list[str]:
-    """Download shards 0..num_shards-1 (skipping those on disk), a few at a time."""
+    """Download shards 0..num_shards-1 (skipping whole ones on disk), a few at a time."""
     if not 2 <= num_shards <= MAX_SHARD + 1:
         raise ValueError(f"num_shards must be between 2 (one train, one val) and {MAX_SHARD + 1}, got {num_shards}")
     paths = [os.path.join(pretrain_data_dir(), shard_name(i)) for i in range(num_shards)]
-    todo = [(i, p) for i, p in enumerate(paths) if not os.path.exists(p)]
+    todo = [(i, p) for i, p in enumerate(paths) if not shard_is_whole(p)]
     with ThreadPoolExecutor(max_workers=num_workers) as pool:
         jobs = [pool.submit(hub.download, shard_url(i), p, validate=check_parquet) for i, p in todo]
         for job in tqdm(jobs, desc="shards", unit="shard", disable=len(jobs) < 2):

@@ -14,6 +14,7 @@ import http.client
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from typing import Callable
@@ -142,12 +143,23 @@ def download(
                 last_error = e
                 if os.path.exists(part):
                     os.remove(part)
+    host = urllib.parse.urlsplit(url).hostname
+    if host in ("127.0.0.1", "localhost", "::1") and _refused(last_error):  # pointed at a mirror that is not up
+        advice = (f"  Nothing answers at {urllib.parse.urlsplit(url).netloc}, where {_which_variable(url)} points: "
+                  f"is the mirror running? Start it with\n")
+    else:
+        advice = f"  No network? Point {_which_variable(url)} at a mirror, e.g. run\n"
     raise DownloadError(
-        f"Could not download {url}\n  to {path}\n  because: {last_error}\n"
-        f"  No network? Point {_which_variable(url)} at a mirror, e.g. run\n"
+        f"Could not download {url}\n  to {path}\n  because: {last_error}\n" + advice +
         f"    python -m nanochat.mirror --data /path/to/course/data\n"
         f"  and export the variables it prints; or place the file at {path} yourself."
     )
+
+
+def _refused(error) -> bool:
+    """True if the error is a refused connection (no server on that port)."""
+    reason = getattr(error, "reason", error)
+    return isinstance(reason, ConnectionRefusedError)
 
 
 def download_eval_bundle() -> str:

@@ -153,7 +153,7 @@ def run_rank(argv: list[str]) -> int:
         return 0
     except StageFailed as e:
         error = {"rank": rank, "time": failed_at[0] if failed_at else time.time(), "message": str(e)}
-        common.atomic_write(error_path(args.output, rank), json.dumps(error))
+        common.atomic_write(error_path(args.output.parent, args.notebook.stem, rank), json.dumps(error))
         stderr.write(f"failed: {str(e).splitlines()[0]} (the cell and traceback follow at the end)\n")
         return 1
     finally:
@@ -161,8 +161,9 @@ def run_rank(argv: list[str]) -> int:
         stderr.close()
 
 
-def error_path(executed: Path, rank: int) -> Path:
-    return executed.with_name(f"{executed.stem}.rank{rank}.error")
+def error_path(folder: Path, stage_name: str, rank: int) -> Path:
+    """Where rank `rank` of a failed stage leaves its error: NN_name.rankR.error in the run folder."""
+    return folder / f"{stage_name}.rank{rank}.error"
 
 
 def free_port() -> int:
@@ -188,7 +189,7 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
 
 def run_distributed(stage: Stage, executed: Path, dist_timeout: float) -> None:
     """Start the stage's ranks with torchrun and wait; on failure show the root-cause rank."""
-    for stale in executed.parent.glob(f"{executed.stem}.rank*.error"):
+    for stale in executed.parent.glob(f"{stage.name}.rank*.error"):
         stale.unlink()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc_per_node", str(stage.nproc), "--max_restarts", "0",
@@ -208,7 +209,7 @@ def run_distributed(stage: Stage, executed: Path, dist_timeout: float) -> None:
         stop_process_group(proc)
     if returncode != 0:
         errors = sorted((json.loads(p.read_text()) for p in
-                         executed.parent.glob(f"{executed.stem}.rank*.error")), key=lambda e: e["time"])
+                         executed.parent.glob(f"{stage.name}.rank*.error")), key=lambda e: e["time"])
         if not errors:
             raise StageFailed(f"torchrun exited with code {returncode} before any rank reported "
                               f"an error (see its output above)")

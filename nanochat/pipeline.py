@@ -12,12 +12,14 @@ notebook's own defaults are simply overridden. nanochat/launch.py executes one s
 Where things go, under the base dir (common.run_dir(RUN)):
     runs/<run>/NN_name.ipynb     the executed notebook (rank 0's), written as it runs
     runs/<run>/NN_name.done      the completion marker (JSON: time, wall time, params)
+    runs/<run>/NN_name.failed.ipynb  the executed notebook of a failed attempt
     runs/<run>/NN_name.rankR.error   what went wrong on rank R, if the stage failed
 
-A stage is *complete* when its marker exists and its executed notebook is there. The
-marker is written atomically (temp file, then rename) only after every rank finished
-without an error, so a crash, a Ctrl-C or a power cut leaves no marker, and running the
-same command again skips the complete stages and continues where it stopped. --force
+A stage is *complete* when its marker exists and its executed notebook is there. An attempt
+writes NN_name.running.ipynb; only when every rank finished without an error does it become
+NN_name.ipynb and get its marker (both atomic renames), so a crash, a Ctrl-C or a power cut
+leaves no marker, a failed --force rerun leaves the last good result in place, and running
+the same command again skips the complete stages and continues where it stopped. --force
 reruns the selected stages (only those: add --from NN to redo everything after NN).
 
 The report card (nanochat/report.py) is reset when a run starts fresh (no stage of it is
@@ -35,21 +37,36 @@ from nanochat.stages import Stage, apply_and_validate, load_profile, parse_overr
 
 
 def run_stage(stage: Stage, run_dir: Path, dist_timeout: float) -> float:
-    """Execute one stage (1 process or torchrun) and mark it complete; returns wall seconds."""
-    executed = run_dir / f"{stage.name}.ipynb"
-    marker = run_dir / f"{stage.name}.done"
-    marker.unlink(missing_ok=True)
+    """Execute one stage (1 process or torchrun) and mark it complete; returns wall seconds.
+
+    The attempt is written beside the last good result (NN_name.running.ipynb) and replaces it
+    only on success, so a failed rerun never destroys what the previous run produced; a failed
+    attempt is kept as NN_name.failed.ipynb for its traceback.
+    """
+    attempt = run_dir / f"{stage.name}.running.ipynb"
     t0 = time.time()
-    if stage.nproc == 1:
-        execute(stage.notebook, executed, stage.parameters, stage.cell_timeout,
-                stdout=sys.stdout, stderr=sys.stderr)
-    else:
-        run_distributed(stage, executed, dist_timeout)
+    try:
+        if stage.nproc == 1:
+            execute(stage.notebook, attempt, stage.parameters, stage.cell_timeout,
+                    stdout=sys.stdout, stderr=sys.stderr)
+        else:
+            run_distributed(stage, attempt, dist_timeout)
+    except BaseException:
+        if attempt.exists():
+            attempt.replace(failed_notebook(stage, run_dir))
+        raise
     wall = time.time() - t0
     done = {"stage": stage.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             "wall_time_s": round(wall, 3), "nproc": stage.nproc, "parameters": stage.parameters}
-    common.atomic_write(marker, json.dumps(done, indent=2) + "\n")
+    common.publish(attempt, run_dir / f"{stage.name}.ipynb")  # the notebook first: a marker never points at nothing
+    common.atomic_write(run_dir / f"{stage.name}.done", json.dumps(done, indent=2) + "\n")
+    failed_notebook(stage, run_dir).unlink(missing_ok=True)
     return wall
+
+
+def failed_notebook(stage: Stage, run_dir: Path) -> Path:
+    """Where the executed notebook of a failed attempt is kept."""
+    return run_dir / f"{stage.name}.failed.ipynb"
 
 
 def is_complete(stage: Stage, run_dir: Path) -> bool:
@@ -97,8 +114,9 @@ def run(args) -> None:
         try:
             wall = run_stage(stage, run_dir, args.dist_timeout)
         except StageFailed as e:
+            kept = " (the last good run's notebook and marker are kept)" if is_complete(stage, run_dir) else ""
             raise StageFailed(f"stage {stage.name} failed; its executed notebook: "
-                              f"{run_dir / (stage.name + '.ipynb')}\n{e}") from None
+                              f"{failed_notebook(stage, run_dir)}{kept}\n{e}") from None
         print(f"=== {stage.name}: done in {wall:.1f}s ===", flush=True)
     path = report.generate(run_dir=run_dir)
     print(f"\nreport card: {path}")

@@ -50,7 +50,9 @@ def format_value(value) -> str:
         return str(value)
     if isinstance(value, int):
         return f"{value:,}"
-    return f"{value:,.4f}" if abs(value) < 1e6 else f"{value:.4g}"
+    if abs(value) >= 1e6:
+        return f"{value:.4g}"
+    return f"{value:,.4f}".rstrip("0").rstrip(".") if value else "0"  # 18.2, not 18.2000
 
 
 def format_duration(seconds: float) -> str:
@@ -186,8 +188,9 @@ def header(profile: dict | None = None) -> str:
              f"- GPUs: {hardware()}"]
     if profile:
         meta = profile["profile"]
+        hardware_wanted = "a CPU" if str(meta["gpus"]).lower() == "none" else meta["gpus"]
         lines.append(f"- Profile: {profile.get('name', '?')} ({meta['description']}); expected "
-                     f"~{meta['hours']} h on {meta['gpus']}, ~${meta['cost_usd']}")
+                     f"~{meta['hours']} h on {hardware_wanted}, ~${meta['cost_usd']}")
     lines += [f"- Code: {size['lines']:,} lines, {size['files']} files, {size['chars']:,} characters "
               f"({', '.join(d + '/' for d in SOURCE_DIRS)})",
               f"- Dependencies: {deps if deps is not None else 'unknown'} (pyproject.toml)"]

@@ -55,3 +55,10 @@ def test_no_checkpoint_is_a_clear_error(base_dir, capsys):
     train_tokenizer(TEXT, vocab_size=300)
     assert cli.main(["chat", "--prompt", "hi"]) == 2
     assert "no checkpoint under" in capsys.readouterr().err and get_tokenizer()
+
+
+def test_a_base_dir_that_does_not_exist_is_not_created(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "no-such-base"
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(missing))
+    assert cli.main(["chat", "-p", "hi"]) == 2  # -p is short for --prompt
+    assert "no checkpoint under" in capsys.readouterr().err and not missing.exists()

@@ -104,6 +104,11 @@ def test_missing_file_and_no_server_say_what_to_do(faulty, tmp_path, monkeypatch
         hub.download(dataset.shard_url(0), str(tmp_path / "b"), retries=2, backoff=0)
     message = str(err.value)
     assert "HF_ENDPOINT" in message and "nanochat.mirror" in message and "127.0.0.1:9" in message
+    assert "is the mirror running?" in message  # a local endpoint that refuses: the mirror is not up
+    monkeypatch.setenv("HF_ENDPOINT", "http://nanochat-test.invalid")  # a host that does not resolve
+    with pytest.raises(hub.DownloadError) as err:
+        hub.download(dataset.shard_url(0), str(tmp_path / "c"), retries=1, backoff=0)
+    assert "No network? Point HF_ENDPOINT at a mirror" in str(err.value)
 
 
 def test_concurrent_callers_download_once(faulty, tmp_path):
@@ -120,6 +125,16 @@ def test_shards_through_the_mirror(base_dir, data_pack):
     assert dataset.split_files("val") == paths[-1:] and dataset.split_files("train") == paths[:-1]
     for p in paths:
         assert open(p, "rb").read() == open(os.path.join(data_pack, "pretrain", os.path.basename(p)), "rb").read()
+
+
+def test_a_truncated_shard_on_disk_is_fetched_again(base_dir, data_pack, capsys):
+    paths = dataset.download_shards(2)
+    whole = open(paths[1], "rb").read()
+    with open(paths[1], "r+b") as f:
+        f.truncate(len(whole) // 2)  # an interrupted copy, or a disk that filled up
+    assert dataset.download_shards(2) == paths
+    assert open(paths[1], "rb").read() == whole
+    assert "shard_00001.parquet is broken" in capsys.readouterr().out
 
 
 def test_eval_bundle_through_the_mirror(base_dir, data_pack):

@@ -218,6 +218,22 @@ def test_interrupted_run_resumes_and_force_reruns(tmp_path, base_dir, capsys):
     assert "01_first ran with note again" in executed
 
 
+def test_a_failed_rerun_keeps_the_last_good_result(tmp_path, base_dir, capsys):
+    nbs = notebooks(tmp_path, "02_second")
+    run_dir = Path(base_dir) / "runs" / "r"
+    assert cli.main(["run", "--run", "r", "--notebooks", nbs]) == 0
+    good_marker = (run_dir / "02_second.done").read_text()
+    good_notebook = (run_dir / "02_second.ipynb").read_text()
+    assert cli.main(["run", "--run", "r", "--notebooks", nbs, "--force", "-p", "fail=true"]) == 1
+    assert "the last good run's notebook and marker are kept" in capsys.readouterr().err
+    assert (run_dir / "02_second.done").read_text() == good_marker
+    assert (run_dir / "02_second.ipynb").read_text() == good_notebook
+    assert "02_second was told to fail" in (run_dir / "02_second.failed.ipynb").read_text()
+    assert not (run_dir / "02_second.running.ipynb").exists()
+    assert cli.main(["run", "--run", "r", "--notebooks", nbs, "--force"]) == 0  # a success clears the failure
+    assert not (run_dir / "02_second.failed.ipynb").exists()
+
+
 def test_cell_timeout_stops_a_hung_cell(tmp_path, base_dir, tag, capsys):
     nbs = notebooks(tmp_path, "02_second")
     t0 = time.time()

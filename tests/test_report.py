@@ -118,3 +118,13 @@ def test_core_on_some_tasks_fills_the_core_row_with_its_label(base_dir):
     report.write_section("05_pretrain", "Base model pretraining", {"base/CORE-20": 0.0123})
     text = report.generate(copy_to=None).read_text()
     assert summary_row(text, "CORE") == ["0.0123 (CORE-20)", "-", "-", "-"]
+
+
+@pytest.mark.parametrize("value, shown", [(18.2, "18.2"), (0.81234, "0.8123"), (2.0, "2"), (0.0, "0"),
+                                          (1234567, "1,234,567"), (3.2e9, "3.2e+09"), (True, "True")])
+def test_numbers_read_as_a_person_writes_them(value, shown):
+    assert report.format_value(value) == shown
+
+
+def test_a_cpu_profile_says_it_runs_on_a_cpu(base_dir):
+    assert "~0.04 h on a CPU" in report.header(load_profile("tiny"))
