@@ -66,6 +66,8 @@ def add_chat(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanochat", description="The nanochat course from the command line.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show the full traceback of an error, not just its message")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_run(commands)
     commands.add_parser("profiles", help="list the profiles with their expected time and cost")
@@ -85,6 +87,17 @@ def report_command(args) -> int:
         run_dir = Path(common.run_dir(args.run)) if args.run else None
         print(f"report card: {report.generate(run_dir=run_dir)} (copied to ./report.md)")
     return 0
+
+
+def is_user_error(error: Exception) -> bool:
+    """A missing file, a failed download, a corrupt checkpoint: their message says what to do, so a
+    person sees it alone, not buried under a traceback."""
+    from nanochat.hub import DownloadError
+
+    kinds = (FileNotFoundError, DownloadError)
+    if checkpoint := sys.modules.get("nanochat.checkpoint"):  # not imported: it cannot have raised
+        kinds += (checkpoint.CheckpointError,)
+    return isinstance(error, kinds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nnanochat: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        if args.verbose or not is_user_error(e):
+            raise
+        print(f"nanochat: error: {e}\n(nanochat --verbose {args.command} ... shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -84,6 +84,13 @@ def split_files(split: str, directory: str | None = None) -> list[str]:
     return files[:-1] if split == "train" else files[-1:]
 
 
+def describe_val_shard(directory: str | None = None) -> str:
+    """Which shard validates, said out loud: it is the last on disk, so downloading more shards changes it."""
+    files = list_parquet_files(directory)
+    return (f"{os.path.basename(files[-1])}, the last of the {len(files)} shards on disk (val bpb is comparable "
+            f"only between runs that validate on the same shard)")
+
+
 def open_shard(path: str) -> pq.ParquetFile:
     """Open a shard, naming it when it is corrupt."""
     try:
@@ -119,6 +126,7 @@ def main():
     args = parser.parse_args()
     paths = download_shards(args.num_shards, args.workers)
     print(f"{len(paths)} shards in {pretrain_data_dir()} ({len(paths) - 1} train + 1 val)")
+    print(f"validation shard: {describe_val_shard()}")
 
 
 if __name__ == "__main__":

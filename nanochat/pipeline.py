@@ -19,8 +19,11 @@ A stage is *complete* when its marker exists and its executed notebook is there.
 writes NN_name.running.ipynb; only when every rank finished without an error does it become
 NN_name.ipynb and get its marker (both atomic renames), so a crash, a Ctrl-C or a power cut
 leaves no marker, a failed --force rerun leaves the last good result in place, and running
-the same command again skips the complete stages and continues where it stopped. --force
-reruns the selected stages (only those: add --from NN to redo everything after NN).
+the same command again skips the complete stages and continues where it stopped. A
+training stage (one that declares `auto_resume`) is started with auto_resume = True, so
+one killed mid-way continues from its last complete checkpoint instead of step 0; the
+profiles save one every few minutes of training. --force reruns the selected stages from
+scratch (only those: add --from NN to redo everything after NN).
 
 The report card (nanochat/report.py) is reset when a run starts fresh (no stage of it is
 complete yet, or --force reruns it from its first stage), not when it resumes, and
@@ -34,6 +37,14 @@ from pathlib import Path
 from nanochat import common
 from nanochat.launch import StageFailed, execute, run_distributed
 from nanochat.stages import Stage, apply_and_validate, load_profile, parse_overrides, plan_stages, select_stages
+
+
+AUTO_RESUME = "auto_resume"  # a training notebook that declares it continues from its last checkpoint
+
+
+def without_resume(parameters: dict) -> dict:
+    """The parameters that say what a stage computes (how it starts does not count)."""
+    return {k: v for k, v in parameters.items() if k != AUTO_RESUME}
 
 
 def run_stage(stage: Stage, run_dir: Path, dist_timeout: float) -> float:
@@ -85,6 +96,8 @@ def run(args) -> None:
     for stage in stages:
         if args.cell_timeout is not None:
             stage.cell_timeout = args.cell_timeout
+        if AUTO_RESUME in stage.declared and AUTO_RESUME not in stage.parameters and not args.force:
+            stage.parameters[AUTO_RESUME] = True  # a training stage killed mid-way continues from its checkpoint
     run_dir = Path(common.run_dir(args.run or profile["name"]))
 
     print(f"nanochat run: profile {profile['name']} ({profile['profile']['description']}), "
@@ -96,10 +109,11 @@ def run(args) -> None:
         elif is_complete(stage, run_dir) and not args.force:
             status = "skip: complete"
             done = json.loads((run_dir / f"{stage.name}.done").read_text())
-            if done.get("parameters") != stage.parameters:
+            if without_resume(done.get("parameters", {})) != without_resume(stage.parameters):
                 status += " (with different parameters: --force to rerun)"
         else:
-            status = "run"
+            status = "run" + (", continuing from its last checkpoint if it has one"
+                              if stage.parameters.get(AUTO_RESUME) else "")
             todo.append(stage)
         print(f"  {stage.name:<16} nproc {stage.nproc}  {status}")
     if args.dry_run:

@@ -15,6 +15,7 @@ many steps the run has (the horizon), the schedules, tokens/s and MFU, the valid
 bits-per-byte, samples from fixed prompts, a logger (console and wandb), the checkpoint
 of a whole training state and the history of metrics that the plots are drawn from.
 """
+import json
 import math
 import os
 import time
@@ -330,6 +331,28 @@ def save_training_state(folder: str, step: int, model, optimizer, loader, meta: 
                          loader_state=loader.state_dict(), rank=get_rank())
 
 
+RESUME_KEYS = ("resume_from_step", "auto_resume")  # how a run starts, not what it trains
+
+
+def resumable_step(folder: str, params: dict) -> int:
+    """The last complete step in folder saved by a run with these same parameters, or -1 (start fresh).
+
+    What `auto_resume` means: a killed run continues where it stopped, but a checkpoint left by
+    a run with other parameters (another learning rate, batch or horizon) is never taken for it.
+    """
+    wanted = {k: v for k, v in params.items() if k not in RESUME_KEYS}
+    for step in reversed(ckpt.complete_steps(folder)):
+        with open(os.path.join(folder, f"meta_{step:06d}.json")) as f:
+            saved = json.load(f).get("params", {})
+        if {k: v for k, v in saved.items() if k not in RESUME_KEYS} == wanted:
+            print0(f"auto_resume: continuing from step {step}, the last complete checkpoint of this run in {folder}")
+            return step
+        print0(f"auto_resume: step {step} in {folder} was saved by a run with other parameters: starting fresh")
+        return -1
+    print0(f"auto_resume: no checkpoint in {folder}: starting fresh")
+    return -1
+
+
 def load_training_state(folder: str, step: int, model, optimizer, device) -> tuple[dict, dict | None]:
     """Load a save_training_state() into model and optimizer; return (meta, this rank's loader state)."""
     loaded = ckpt.load_checkpoint(folder, step, device, load_optimizer=True, rank=get_rank(),
@@ -354,13 +377,12 @@ def plot_history(history: History, flops_per_step: float, lr_schedule: list[floa
     by_step = (axes[0], "step", lambda s: s, lambda s: s)
     by_flops = (axes[1], "training FLOPs", lambda s: (s + 1) * flops_per_step, lambda s: s * flops_per_step)
     for ax, xlabel, train_x, val_x in (by_step, by_flops):
-        keep = (lambda x: x > 0) if xlabel != "step" else (lambda x: True)  # a log axis has no 0
-        points = [(train_x(s), v) for s, v in history.series.get(train_key, []) if keep(train_x(s))]
+        points = [(train_x(s), v) for s, v in history.series.get(train_key, [])]
         ax.plot(*zip(*points), lw=0.8, alpha=0.8)
         ax.set(xlabel=xlabel, ylabel="train loss (nats/token)", title=f"loss against {xlabel}")
-        if xlabel != "step":
-            ax.set_xscale("log")
-        val_points = [(val_x(s), v) for s, v in history.series.get(val_key, []) if keep(val_x(s))]
+        if xlabel != "step":  # log FLOPs, but linear below one step's worth, so the untrained model (0 FLOPs) shows
+            ax.set_xscale("symlog", linthresh=flops_per_step)
+        val_points = [(val_x(s), v) for s, v in history.series.get(val_key, [])]
         if val_points:
             twin = ax.twinx()
             twin.plot(*zip(*val_points), "o-", color="C1")

@@ -1,11 +1,12 @@
 """The terminal chat (`nanochat chat`): finds the most trained model, streams the Engine's reply, clear errors."""
+import os
 from dataclasses import asdict
 
 import pytest
 import torch
 
 from nanochat import cli
-from nanochat.checkpoint import checkpoint_dir, save_checkpoint
+from nanochat.checkpoint import CheckpointError, checkpoint_dir, save_checkpoint
 from nanochat.engine import Engine
 from nanochat.gpt import build_model, config_for_depth
 from nanochat.tokenizer import get_tokenizer, train_tokenizer
@@ -62,3 +63,14 @@ def test_a_base_dir_that_does_not_exist_is_not_created(tmp_path, monkeypatch, ca
     monkeypatch.setenv("NANOCHAT_BASE_DIR", str(missing))
     assert cli.main(["chat", "-p", "hi"]) == 2  # -p is short for --prompt
     assert "no checkpoint under" in capsys.readouterr().err and not missing.exists()
+
+
+def test_a_truncated_checkpoint_is_one_clear_line(trained, base_dir, capsys):
+    weights = os.path.join(checkpoint_dir("sft", 1), "model_000005.pt")
+    with open(weights, "r+b") as f:
+        f.truncate(100)
+    assert cli.main(["chat", "-p", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert "model_000005.pt: it is truncated or corrupt" in err and "Traceback" not in err
+    with pytest.raises(CheckpointError):  # --verbose: the whole story
+        cli.main(["--verbose", "chat", "-p", "hi"])

@@ -40,3 +40,7 @@ def test_a_corrupt_shard_is_named(shards):
         f.write(b"garbage!")
     with pytest.raises(RuntimeError, match="shard_00000.parquet"):
         next(dataset.iter_row_groups("train"))
+
+
+def test_the_validation_shard_is_named_out_loud(shards):
+    assert dataset.describe_val_shard().startswith("shard_00002.parquet, the last of the 3 shards on disk")

@@ -120,3 +120,35 @@ def test_two_ranks_train_through_the_pipeline(pretrain_inputs, tmp_path, monkeyp
     assert loaders[0]["rank"] == 0 and loaders[1]["rank"] == 1
     assert loaders[0]["next_document"] != loaders[1]["next_document"]
     assert (base / "report" / "05_pretrain.md").is_file()
+
+
+@pytest.mark.slow
+def test_a_killed_stage_continues_from_its_last_checkpoint(pretrain_inputs, tmp_path, monkeypatch, capsys):
+    """nanochat run, killed between two saves, continues from the last one: same weights as never stopping."""
+    base = fresh_base_dir(pretrain_inputs, tmp_path / "base", monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    shutil.copy(NOTEBOOK, notebooks)
+    params = [f"05_pretrain.{key}={json.dumps(value)}" for key, value in {**SMALL, "num_iterations": 4,
+                                                                           "save_every": 2}.items()]
+    command = ["run", "--run", "r", "--only", "05", "--notebooks", str(notebooks), "-p", *params]
+    assert cli.main(command) == 0
+    folder, run_dir = base / "checkpoints" / "base" / "d1", base / "runs" / "r"
+    assert "auto_resume: no checkpoint" in (run_dir / "05_pretrain.ipynb").read_text()
+    uninterrupted = torch.load(folder / "model_000004.pt")
+    # as if killed after the save of step 2: step 4 never completed, the stage has no marker
+    (folder / "meta_000004.json").unlink()
+    (run_dir / "05_pretrain.done").unlink()
+    capsys.readouterr()
+    assert cli.main(command) == 0
+    assert "continuing from its last checkpoint if it has one" in capsys.readouterr().out
+    assert "auto_resume: continuing from step 2" in (run_dir / "05_pretrain.ipynb").read_text()
+    resumed = torch.load(folder / "model_000004.pt")
+    assert all(torch.equal(resumed[name], value) for name, value in uninterrupted.items())
+    # --force starts over; a checkpoint of other parameters is never taken for this run's
+    assert cli.main(command + ["--force"]) == 0
+    assert "auto_resume: " not in (run_dir / "05_pretrain.ipynb").read_text()  # not asked to: from step 0
+    (run_dir / "05_pretrain.done").unlink()
+    assert cli.main(command + ["-p", "05_pretrain.matrix_lr=0.03"]) == 0
+    assert "was saved by a run with other parameters: starting fresh" in (run_dir / "05_pretrain.ipynb").read_text()

@@ -92,6 +92,19 @@ def test_history_replaces_a_repeated_step_and_survives_json():
     assert again.series == history.series and again.last("core") == 0.1 and again.last("missing", 7) == 7
 
 
+def test_the_flops_plot_keeps_the_untrained_model():
+    import matplotlib
+    matplotlib.use("Agg")
+    history = History()
+    for step in range(6):
+        history.add(step, **{"train/loss": 5.0 - 0.1 * step})
+    history.add(0, **{"val/bpb": 3.0})
+    history.add(5, **{"val/bpb": 2.0})
+    fig = train.plot_history(history, flops_per_step=1e9)
+    val_by_flops = fig.axes[-1].lines[0].get_xdata()  # the val bpb curve of the FLOPs panel
+    assert list(val_by_flops) == [0.0, 5e9]  # step 0, at 0 FLOPs, is on the plot
+
+
 # -----------------------------------------------------------------------------
 # A kill in the middle of a save leaves the last complete checkpoint intact
 

@@ -12,7 +12,7 @@ import contextlib
 import sys
 
 from nanochat import common
-from nanochat.checkpoint import CheckpointError, load_model
+from nanochat.checkpoint import load_model
 from nanochat.engine import Engine
 
 # How a tool call reads in the terminal: <|python_start|>12*3<|python_end|><|output_start|>36<|output_end|>
@@ -61,13 +61,9 @@ def stream_reply(engine, tokenizer, messages: list[dict], max_tokens: int, tempe
 
 def chat(args) -> int:
     """`nanochat chat`: one answer (--prompt) or a conversation until `quit`; returns the exit code."""
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the replies alone
-            loaded = load_model(args.phase, args.depth, args.step, device=args.device or common.autodetect_device())
-    except (FileNotFoundError, CheckpointError) as e:
-        print(f"nanochat chat: {e}", file=sys.stderr)
-        return 2
-    model, tokenizer, meta = loaded
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the replies alone
+        model, tokenizer, meta = load_model(args.phase, args.depth, args.step,
+                                            device=args.device or common.autodetect_device())
     model.eval()
     engine = Engine(model, tokenizer)
     print(f"nanochat chat: {meta['phase']} model d{meta['config']['n_layer']} (step {meta['step']}) from "
