@@ -8,6 +8,11 @@ nanochat.mirror`) or a test server:
     NANOCHAT_EVAL_BUNDLE_URL     the DCLM/CORE eval bundle zip          default DEFAULT_EVAL_BUNDLE_URL
     NANOCHAT_TIKTOKEN_BASE_URL   the GPT-2/GPT-4 tokenizer files        default https://openaipublic.blob.core.windows.net
     NANOCHAT_FILES_URL           task and chat data files               (mirror only, e.g. http://127.0.0.1:8765/files)
+    NANOCHAT_WORDS_URL           the English word list (SpellingBee)    default DEFAULT_WORDS_URL
+    NANOCHAT_IDENTITY_URL        nanochat's identity conversations      default DEFAULT_IDENTITY_URL
+
+Chat task data comes from Hugging Face dataset repos (HF_ENDPOINT), file by file in the
+repos' own layout (download_dataset_file), cached under base_dir/task_data/<repo>/.
 """
 import hashlib
 import http.client
@@ -29,6 +34,8 @@ EVAL_BUNDLE_NAME = "eval_bundle.zip"
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 DEFAULT_EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/" + EVAL_BUNDLE_NAME
 DEFAULT_TIKTOKEN_BASE_URL = "https://openaipublic.blob.core.windows.net"
+DEFAULT_WORDS_URL = "https://raw.githubusercontent.com/dwyl/english-words/refs/heads/master/words_alpha.txt"
+DEFAULT_IDENTITY_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/identity_conversations.jsonl"
 CHUNK = 1 << 20
 
 
@@ -55,12 +62,24 @@ def tiktoken_url(path: str) -> str:
     return f"{base}/{path.lstrip('/')}"
 
 
+def words_url() -> str:
+    return os.environ.get("NANOCHAT_WORDS_URL", DEFAULT_WORDS_URL)
+
+
+def identity_url() -> str:
+    return os.environ.get("NANOCHAT_IDENTITY_URL", DEFAULT_IDENTITY_URL)
+
+
 def _which_variable(url: str) -> str:
     """Name the environment variable that moves this URL's host, for the error message."""
     if url.startswith(hf_endpoint()):
         return "HF_ENDPOINT"
     if url == eval_bundle_url():
         return "NANOCHAT_EVAL_BUNDLE_URL"
+    if url == words_url():
+        return "NANOCHAT_WORDS_URL"
+    if url == identity_url():
+        return "NANOCHAT_IDENTITY_URL"
     return "NANOCHAT_TIKTOKEN_BASE_URL" if "tiktoken" in url or "encodings" in url else "the base URL"
 
 
@@ -139,12 +158,13 @@ def download(
                         break
             except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, a dropped connection
                 last_error = e
+                if _is_local(url) and _refused(e):  # no server on this machine's port: waiting will not start one
+                    break
             except Exception as e:  # a corrupt file: throw the bytes away and fetch again
                 last_error = e
                 if os.path.exists(part):
                     os.remove(part)
-    host = urllib.parse.urlsplit(url).hostname
-    if host in ("127.0.0.1", "localhost", "::1") and _refused(last_error):  # pointed at a mirror that is not up
+    if _is_local(url) and _refused(last_error):  # pointed at a mirror that is not up
         advice = (f"  Nothing answers at {urllib.parse.urlsplit(url).netloc}, where {_which_variable(url)} points: "
                   f"is the mirror running? Start it with\n")
     else:
@@ -156,10 +176,27 @@ def download(
     )
 
 
+def _is_local(url: str) -> bool:
+    return urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def _refused(error) -> bool:
     """True if the error is a refused connection (no server on that port)."""
     reason = getattr(error, "reason", error)
     return isinstance(reason, ConnectionRefusedError)
+
+
+def download_dataset_file(repo: str, filename: str) -> str:
+    """One file of a Hugging Face dataset repo, cached at base_dir/task_data/<repo>/<filename>; returns the path."""
+    validate = _check_parquet if filename.endswith(".parquet") else None
+    return download(hf_dataset_url(repo, filename), common.task_data_dir(repo, filename), validate=validate,
+                    desc=f"{repo}/{filename}")
+
+
+def _check_parquet(path: str) -> None:
+    import pyarrow.parquet as pq
+
+    pq.ParquetFile(path)  # reads the footer: a truncated file has none
 
 
 def download_eval_bundle() -> str:

@@ -9,11 +9,20 @@ local folder laid out like the course's data pack:
     tiktoken_cache/INDEX.tsv + files named by sha1(url)
     tasks/..., chat/...                   (served as they are under /files/)
 
+The chat tasks' data is served in the file layout of the real Hugging Face dataset repos
+(DATASET_FILES): the pack's JSONL becomes parquet once, in memory, on first request. Where
+the pack has only a stand-in, the stand-in is served under the real name and schema:
+HuggingFaceTB/smol-smoltalk from the pack's GPTeacher conversations (SmolTalk is not in the
+pack), cais/mmlu's auxiliary_train from the pack's ARC/OBQA substitute. Numbers that
+depend on them must say "stand-in".
+
     python -m nanochat.mirror --data ../shared/data          # prints the exports to use
 """
 import argparse
+import gzip
 import http.server
 import io
+import json
 import os
 import re
 import threading
@@ -21,6 +30,59 @@ import zipfile
 from urllib.parse import urlparse
 
 from nanochat import hub
+
+def jsonl_rows(path: str) -> list[dict]:
+    """One JSON object per line (gzipped if the name ends in .gz)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def smoltalk_part(split: str, part: int, parts: int):
+    """The stand-in for smol-smoltalk: every 20th conversation is test, the rest train, cut into parts."""
+    def rows(path):
+        everything = jsonl_rows(path)
+        if split == "test":
+            return everything[::20]
+        train = [row for i, row in enumerate(everything) if i % 20]
+        return train[part::parts]
+    return rows
+
+
+def auxiliary_train(path: str) -> list[dict]:
+    """cais/mmlu's auxiliary_train nests each row in a `train` column."""
+    return [{"train": row} for row in jsonl_rows(path)]
+
+
+# (repo, file in the repo) -> (file in the data pack, rows from it). The paths are the real repos'.
+DATASET_FILES = {
+    **{("allenai/ai2_arc", f"{subset}/{split}-00000-of-00001.parquet"): (f"tasks/arc/{subset}/{split}.jsonl", jsonl_rows)
+       for subset in ("ARC-Easy", "ARC-Challenge") for split in ("train", "validation", "test")},
+    **{("cais/mmlu", f"all/{split}-00000-of-00001.parquet"): (f"tasks/mmlu/{split}.jsonl", jsonl_rows)
+       for split in ("dev", "validation", "test")},
+    ("cais/mmlu", "auxiliary_train/train-00000-of-00001.parquet"):
+        ("tasks/mmlu/auxiliary_train_substitute.jsonl", auxiliary_train),
+    **{("openai/gsm8k", f"main/{split}-00000-of-00001.parquet"): (f"tasks/gsm8k/{split}.jsonl", jsonl_rows)
+       for split in ("train", "test")},
+    ("openai/openai_humaneval", "openai_humaneval/test-00000-of-00001.parquet"):
+        ("tasks/humaneval/HumanEval.jsonl.gz", jsonl_rows),
+    **{("HuggingFaceTB/smol-smoltalk", f"data/train-{i:05d}-of-00004.parquet"):
+       ("chat/gpteacher_codegen_roleplay.jsonl", smoltalk_part("train", i, 4)) for i in range(4)},
+    ("HuggingFaceTB/smol-smoltalk", "data/test-00000-of-00001.parquet"):
+        ("chat/gpteacher_codegen_roleplay.jsonl", smoltalk_part("test", 0, 1)),
+}
+DATASET_PATH = re.compile(r"^/datasets/([^/]+/[^/]+)/resolve/main/(.+)$")
+
+
+def parquet_bytes(rows: list[dict]) -> bytes:
+    """Rows as a parquet file, the format the hub serves datasets in."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
 
 SHARD_PATH = re.compile(r"^/datasets/" + re.escape(hub.PRETRAIN_REPO) + r"/resolve/main/(shard_\d{5}\.parquet)$")
 
@@ -52,7 +114,8 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
     data_dir: str = "."
     routes: dict = {}
     eval_zip: bytes | None = None
-    eval_zip_lock = threading.Lock()
+    converted: dict = {}  # (repo, file) -> parquet bytes, made once
+    lock = threading.Lock()
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -62,10 +125,16 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
         if m := SHARD_PATH.match(path):
             return os.path.join(self.data_dir, "pretrain", m.group(1))
         if path == "/" + hub.EVAL_BUNDLE_NAME:
-            with self.eval_zip_lock:
-                if MirrorHandler.eval_zip is None:
-                    MirrorHandler.eval_zip = zip_folder(os.path.join(self.data_dir, "eval_bundle"))
-            return MirrorHandler.eval_zip
+            with self.lock:
+                if type(self).eval_zip is None:
+                    type(self).eval_zip = zip_folder(os.path.join(self.data_dir, "eval_bundle"))
+            return type(self).eval_zip
+        if (m := DATASET_PATH.match(path)) and (key := (m.group(1), m.group(2))) in DATASET_FILES:
+            with self.lock:
+                if key not in self.converted:
+                    source, rows = DATASET_FILES[key]
+                    self.converted[key] = parquet_bytes(rows(os.path.join(self.data_dir, source)))
+            return self.converted[key]
         if path in self.routes:
             return self.routes[path]
         if path.startswith("/files/"):
@@ -106,7 +175,8 @@ def start_mirror(data_dir: str, port: int = 0) -> tuple[http.server.ThreadingHTT
     data_dir = os.path.abspath(data_dir)
     if not os.path.isdir(os.path.join(data_dir, "pretrain")):
         raise FileNotFoundError(f"{data_dir} does not look like the course data pack (no pretrain/ inside)")
-    handler = type("Handler", (MirrorHandler,), {"data_dir": data_dir, "routes": tiktoken_routes(data_dir), "eval_zip": None})
+    handler = type("Handler", (MirrorHandler,), {"data_dir": data_dir, "routes": tiktoken_routes(data_dir),
+                                                 "eval_zip": None, "converted": {}})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -116,6 +186,8 @@ def start_mirror(data_dir: str, port: int = 0) -> tuple[http.server.ThreadingHTT
         "NANOCHAT_EVAL_BUNDLE_URL": f"{base}/{hub.EVAL_BUNDLE_NAME}",
         "NANOCHAT_TIKTOKEN_BASE_URL": base,
         "NANOCHAT_FILES_URL": f"{base}/files",
+        "NANOCHAT_WORDS_URL": f"{base}/files/tasks/words/words_alpha.txt",
+        "NANOCHAT_IDENTITY_URL": f"{base}/files/chat/identity_conversations.jsonl",
     }
     return server, env
 

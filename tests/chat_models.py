@@ -1,0 +1,88 @@
+"""Stand-in models for grading tests: one that always says the reference answer, one that guesses.
+
+Both have what the graders use of a model: model(idx) -> logits (B, T, V), with a KV cache
+for the Engine (the token ids themselves are stored as keys, so a row's whole history is
+known at every step), and model.config.sequence_len.
+"""
+import torch
+
+from nanochat.gpt import GPTConfig, KVCache
+
+
+class HistoryModel(torch.nn.Module):
+    """Base: remembers every row's tokens; subclasses choose each row's next token from its history."""
+
+    def __init__(self, tokenizer, sequence_len: int = 4096):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.config = GPTConfig(sequence_len=sequence_len, vocab_size=tokenizer.get_vocab_size(),
+                                n_layer=1, n_head=1, n_kv_head=1, n_embd=2)
+        self.assistant_start = tokenizer.encode_special("<|assistant_start|>")
+
+    def new_kv_cache(self, batch_size, max_len):
+        return KVCache(self.config, batch_size, max_len, "cpu", torch.float32)
+
+    def forward(self, idx, kv_cache=None):
+        B, T = idx.shape
+        if kv_cache is not None:
+            ids = idx.float()[:, None, :, None].expand(B, 1, T, 2)  # (B, Hkv=1, T, D=2): a token's key is its id
+            keys, _ = kv_cache.insert_kv(0, ids, ids)
+            kv_cache.advance(T)
+            histories = keys[:, 0, :, 0].long().tolist()
+            logits = torch.zeros(B, T, self.config.vocab_size)
+            for b in range(B):
+                logits[b, -1] = self.next_logits(histories[b])
+            return logits
+        # no cache (multiple choice, right-padded rows): the reply's first token after each prompt
+        logits = torch.zeros(B, T, self.config.vocab_size)
+        for b, row in enumerate(idx.tolist()):
+            if self.assistant_start in row:
+                k = row.index(self.assistant_start)
+                logits[b, k] = self.next_logits(row[:k + 1])
+        return logits
+
+    def next_logits(self, history: list[int]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class OracleModel(HistoryModel):
+    """Says the reference reply of every conversation it was shown (skipping what the tool writes)."""
+
+    def __init__(self, tokenizer, conversations, sequence_len: int = 4096):
+        super().__init__(tokenizer, sequence_len)
+        special = tokenizer.encode_special
+        self.output_start, self.output_end = special("<|output_start|>"), special("<|output_end|>")
+        self.assistant_end = special("<|assistant_end|>")
+        self.scripts = {}
+        for conversation in conversations:
+            prompt = tokenizer.render_for_completion(conversation)
+            ids, _ = tokenizer.render_conversation(conversation, max_tokens=10**9)
+            self.scripts[tuple(prompt)] = self.without_tool_output(ids[len(prompt):])
+
+    def without_tool_output(self, ids: list[int]) -> list[int]:
+        """What the model itself writes: the engine forces <|output_start|> ... <|output_end|>."""
+        said, inside = [], False
+        for token in ids:
+            if token == self.output_start:
+                inside = True
+            if not inside:
+                said.append(token)
+            if token == self.output_end:
+                inside = False
+        return said
+
+    def next_logits(self, history):
+        k = history.index(self.assistant_start)
+        script = self.scripts[tuple(history[:k + 1])]
+        said = len(self.without_tool_output(history[k + 1:]))
+        logits = torch.zeros(self.config.vocab_size)
+        logits[script[said] if said < len(script) else self.assistant_end] = 10.0
+        return logits
+
+
+class GuessingModel(HistoryModel):
+    """Uniformly random logits, the same for the same history (so 1 rank and 2 ranks guess alike)."""
+
+    def next_logits(self, history):
+        seed = hash(tuple(history)) % (2**31)
+        return torch.randn(self.config.vocab_size, generator=torch.Generator().manual_seed(seed))

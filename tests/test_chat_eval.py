@@ -1,0 +1,85 @@
+"""Chat evaluation: a model that always answers right scores 1 everywhere, a guesser scores chance."""
+import json
+import os
+
+import pytest
+from chat_models import GuessingModel, OracleModel
+from dist_loader_worker import byte_tokenizer
+from torchrun import launch_two_ranks
+
+from nanochat.evaluation import chat
+from nanochat.tasks.arc import ARC
+from nanochat.tasks.gsm8k import GSM8K
+from nanochat.tasks.humaneval import HumanEval
+from nanochat.tasks.mmlu import MMLU
+from nanochat.tasks.spellingbee import SpellingBee
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory, data_pack):
+    """The six ChatCORE tasks, on data fetched once through the mirror."""
+    base = tmp_path_factory.mktemp("chat-eval")
+    old = os.environ.get("NANOCHAT_BASE_DIR")
+    os.environ["NANOCHAT_BASE_DIR"] = str(base)
+    yield {"ARC-Easy": ARC("ARC-Easy", "test"), "ARC-Challenge": ARC("ARC-Challenge", "test"),
+           "MMLU": MMLU("all", "test"), "GSM8K": GSM8K("test"), "HumanEval": HumanEval(),
+           "SpellingBee": SpellingBee("test", size=200)}
+    if old is None:
+        del os.environ["NANOCHAT_BASE_DIR"]
+    else:
+        os.environ["NANOCHAT_BASE_DIR"] = old
+
+
+def test_an_oracle_scores_one_on_every_task_and_chatcore(tasks):
+    tokenizer = byte_tokenizer()
+    problems = {name: [task[i] for i in chat.problem_order(len(task), 12)] for name, task in tasks.items()}
+    oracle = OracleModel(tokenizer, [c for chosen in problems.values() for c in chosen])
+    accuracies = {}
+    for name, task in tasks.items():
+        result = chat.evaluate_task(oracle, tokenizer, task, "cpu", max_problems=12, max_tokens=2048)  # bytes
+        assert (result.correct, result.total) == (12, 12), (name, result.examples)
+        accuracies[name] = result.accuracy
+    score = chat.chatcore(accuracies)
+    assert score["label"] == "ChatCORE" and score["chatcore"] == 1.0 and score["tasks_missing"] == []
+
+
+def test_a_guesser_is_at_chance_on_multiple_choice(tasks):
+    tokenizer = byte_tokenizer()
+    result = chat.evaluate_task(GuessingModel(tokenizer), tokenizer, tasks["MMLU"], "cpu", max_problems=300)
+    assert result.total == 300
+    assert abs(chat.centered(result.accuracy, 0.25)) < 0.15  # about 0, where an oracle gets 1
+
+
+def test_a_wrong_letter_is_graded_wrong(tasks):
+    """The grader reads the letters' logits: a model sure of the wrong letter gets 0."""
+    tokenizer = byte_tokenizer()
+    task = tasks["ARC-Easy"]
+    problems = [task[i] for i in chat.problem_order(len(task), 8)]
+    for conversation in problems:  # make every reference answer wrong: the next letter round
+        letters, right = conversation["letters"], conversation["messages"][1]["content"]
+        conversation["messages"][1]["content"] = letters[(letters.index(right) + 1) % len(letters)]
+    answers = chat.categorical_answers(OracleModel(tokenizer, problems), tokenizer, problems, "cpu")
+    assert sum(task.evaluate(task[i], a) for i, a in zip(chat.problem_order(len(task), 8), answers)) == 0
+
+
+def test_chatcore_on_some_tasks_says_so():
+    partial = chat.chatcore({"ARC-Easy": 0.625, "GSM8K": 0.1})
+    assert partial["label"] == "ChatCORE-2" and partial["tasks_missing"] == ["ARC-Challenge", "MMLU", "HumanEval",
+                                                                             "SpellingBee"]
+    assert partial["chatcore"] == pytest.approx((0.5 + 0.1) / 2)  # (0.625 - 0.25) / 0.75 = 0.5
+    with pytest.raises(ValueError, match="at least one"):
+        chat.chatcore({"SmolTalk": 1.0})
+
+
+def test_confidence_interval_narrows_with_more_problems():
+    small, large = chat.confidence_interval(5, 10), chat.confidence_interval(500, 1000)
+    assert small[0] < 0.3 and small[1] > 0.7 and large[1] - large[0] < 0.07
+
+
+@pytest.mark.distributed
+def test_two_ranks_grade_like_one(tasks, tmp_path):
+    tokenizer = byte_tokenizer()
+    alone = chat.evaluate_task(GuessingModel(tokenizer), tokenizer, tasks["ARC-Easy"], "cpu", max_problems=41)
+    launch_two_ranks(os.path.join(os.path.dirname(__file__), "dist_chat_eval_worker.py"), tmp_path / "out.json", 41)
+    together = json.loads((tmp_path / "out.json").read_text())
+    assert alone.total == 41 and together == {"correct": alone.correct, "total": 41}
