@@ -175,14 +175,22 @@ def find_checkpoint(phase: str, depth: int | None = None, step: int | None = Non
     return folder, step
 
 
-def most_trained_phase() -> str:
-    """The last phase with a complete checkpoint (rl, then sft, mid, base): the model most ready to chat."""
-    for phase in reversed(PHASES):
+def trained_phases() -> list[str]:
+    """The phases that have a complete checkpoint (of any depth), in training order."""
+    found = []
+    for phase in PHASES:
         try:
             find_checkpoint(phase)
-            return phase
+            found.append(phase)
         except FileNotFoundError:
             continue
+    return found
+
+
+def most_trained_phase() -> str:
+    """The last phase with a complete checkpoint (rl, then sft, mid, base): the model most ready to chat."""
+    if phases := trained_phases():
+        return phases[-1]
     raise FileNotFoundError(f"no checkpoint under {common.base_path('checkpoints')}: train a model first "
                             f"(notebooks/05_pretrain.ipynb, or `nanochat run --profile tiny`), or set "
                             f"NANOCHAT_BASE_DIR to the base dir of a finished run")

@@ -7,6 +7,7 @@ nanochat.notebook's Stage.finish, which calls write_section).
 
 Under the base dir:
     report/00_header.md                the header: commit, date, machine, cost, code size
+    report/run_profile.json            the profile the run was started with (for its cost per hour)
     report/NN_name.md, NN_name.json    one section per stage (JSON = what generate reads)
     report/NN_name-plot.png            the section's plots, copied in when it is written
     report.md, report_files/           the assembled card and the images it links to
@@ -16,8 +17,9 @@ A stage reports with write_section("05_pretrain", "Base model", {"base/CORE": 0.
 metrics it knows from keys named PHASE/METRIC, where PHASE is base, mid, sft or rl and
 METRIC one of SUMMARY_METRICS (compared without case or punctuation, so "sft/arc_easy"
 fills the ARC-Easy row of the SFT column). CORE measured on n of its tasks is reported
-as "base/CORE-20" and shown in the CORE row with that label. A metric named wall_time_s is
-summed into the total wall time.
+as "base/CORE-20" and shown in the CORE row with that label (ChatCORE-n likewise). A metric
+named wall_time_s is summed into the total wall time, and the profile's cost per hour
+(its cost_usd / hours, kept by reset) turns that into the run's estimated cost.
 """
 import json
 import os
@@ -34,7 +36,9 @@ from nanochat.common import PHASES, STAGE_NAME, tomllib
 REPO_DIR = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("nanochat", "rustbpe", "notebooks")  # what "code size" counts
 SOURCE_SUFFIXES = {".py", ".rs", ".toml", ".html", ".ipynb"}
-SUMMARY_METRICS = ("CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "ChatCORE", "val bpb")
+SUMMARY_METRICS = ("CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "ChatCORE",
+                   "val bpb")
+NOT_RUN = "—"  # a phase or metric that was not measured: never shown as 0
 
 
 def report_dir() -> Path:
@@ -174,6 +178,11 @@ def hardware() -> str:
     return f"{len(names)} x {names[0]}" if len(set(names)) == 1 else ", ".join(names)
 
 
+def profile_hardware(meta: dict) -> str:
+    """What a profile runs on, in words: "8xH100", or "a CPU" for gpus = "none"."""
+    return "a CPU" if str(meta["gpus"]).lower() == "none" else str(meta["gpus"])
+
+
 def header(profile: dict | None = None) -> str:
     """The header as markdown: what ran, where, at what commit, and what it should cost."""
     import torch
@@ -188,9 +197,8 @@ def header(profile: dict | None = None) -> str:
              f"- GPUs: {hardware()}"]
     if profile:
         meta = profile["profile"]
-        hardware_wanted = "a CPU" if str(meta["gpus"]).lower() == "none" else meta["gpus"]
         lines.append(f"- Profile: {profile.get('name', '?')} ({meta['description']}); expected "
-                     f"~{meta['hours']} h on {hardware_wanted}, ~${meta['cost_usd']}")
+                     f"~{meta['hours']} h on {profile_hardware(meta)}, ~${meta['cost_usd']}")
     lines += [f"- Code: {size['lines']:,} lines, {size['files']} files, {size['chars']:,} characters "
               f"({', '.join(d + '/' for d in SOURCE_DIRS)})",
               f"- Dependencies: {deps if deps is not None else 'unknown'} (pyproject.toml)"]
@@ -205,7 +213,20 @@ def reset(profile: dict | None = None) -> Path:
             path.unlink()
     path = folder / "00_header.md"
     common.atomic_write(path, header(profile))
+    if profile:
+        common.atomic_write(folder / "run_profile.json", json.dumps({"name": profile.get("name"), **profile["profile"]}))
     return path
+
+
+def cost_line(wall_seconds: float | None) -> str:
+    """The run's estimated cost: its wall time at the profile's hourly rate (cost_usd / hours)."""
+    path = report_dir() / "run_profile.json"
+    if wall_seconds is None or not path.is_file():
+        return f"Estimated cost: {NOT_RUN} (no profile: `nanochat report reset --profile NAME` records its rate)"
+    profile = json.loads(path.read_text())
+    rate = profile["cost_usd"] / profile["hours"] if profile["hours"] else 0.0
+    return (f"Estimated cost: ${rate * wall_seconds / 3600:,.2f} ({format_duration(wall_seconds)} at the "
+            f"{profile['name']} profile's ${rate:,.2f}/h on {profile_hardware(profile)})")
 
 
 # -----------------------------------------------------------------------------
@@ -224,14 +245,14 @@ def summary_table(sections: list[dict]) -> str:
             phase, slash, name = key.partition("/")
             if not (slash and phase.lower() in PHASES):
                 continue
-            if re.fullmatch(r"core\d+", metric_key(name)):  # CORE on some of its tasks: the CORE row, labelled
-                found[("core", phase.lower())] = f"{format_value(value)} ({name})"
+            if m := re.fullmatch(r"(core|chatcore)\d+", metric_key(name)):  # on some of its tasks: that row, labelled
+                found[(m.group(1), phase.lower())] = f"{format_value(value)} ({name})"
             else:
                 found[(metric_key(name), phase.lower())] = format_value(value)
     lines = ["| Metric | " + " | ".join(p.upper() for p in PHASES) + " |",
              "|---" * (len(PHASES) + 1) + "|"]
     for metric in SUMMARY_METRICS:
-        cells = [found.get((metric_key(metric), p), "-") for p in PHASES]
+        cells = [found.get((metric_key(metric), p), NOT_RUN) for p in PHASES]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -255,7 +276,8 @@ def generate(run_dir: Path | str | None = None, copy_to: Path | str | None = "."
                  else "# nanochat report card\n\n(no header: run `nanochat report reset` at the start of a run)\n")
     wall = total_wall_time(sections, run_dir)
     parts.append("## Summary\n\n" + summary_table(sections) + "\n" +
-                 f"Total wall time: {format_duration(wall) if wall is not None else '-'}\n")
+                 f"Total wall time: {format_duration(wall) if wall is not None else NOT_RUN}\n\n" +
+                 cost_line(wall) + "\n")
     parts += [render_section(s, image_prefix="report_files/") for s in sections]
     text = "\n".join(parts)
 

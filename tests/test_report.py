@@ -54,11 +54,11 @@ def test_sections_and_generate(base_dir, plot, tmp_path, monkeypatch):
     text = out.read_text()
     assert out == Path(base_dir) / "report.md" and (here / "report.md").read_text() == text
     assert text.startswith("# nanochat report card")
-    assert summary_row(text, "CORE") == ["0.2219", "-", "-", "-"]
-    assert summary_row(text, "val bpb") == ["0.8123", "-", "-", "-"]
-    assert summary_row(text, "ARC-Easy") == ["-", "-", "0.3876", "-"]
-    assert summary_row(text, "GSM8K") == ["-", "-", "0.0455", "-"]
-    assert summary_row(text, "MMLU") == ["-", "-", "-", "-"]
+    assert summary_row(text, "CORE") == ["0.2219", "—", "—", "—"]
+    assert summary_row(text, "val bpb") == ["0.8123", "—", "—", "—"]
+    assert summary_row(text, "ARC-Easy") == ["—", "—", "0.3876", "—"]
+    assert summary_row(text, "GSM8K") == ["—", "—", "0.0455", "—"]
+    assert summary_row(text, "MMLU") == ["—", "—", "—", "—"]
     assert "Total wall time: 1h00m" in text  # 3000 s + 600 s
     assert text.index("## Summary") < text.index("## Base model pretraining") < text.index("## Supervised finetuning")
     assert "The loss went down." in text
@@ -117,7 +117,7 @@ def test_core_on_some_tasks_fills_the_core_row_with_its_label(base_dir):
     report.reset()
     report.write_section("05_pretrain", "Base model pretraining", {"base/CORE-20": 0.0123})
     text = report.generate(copy_to=None).read_text()
-    assert summary_row(text, "CORE") == ["0.0123 (CORE-20)", "-", "-", "-"]
+    assert summary_row(text, "CORE") == ["0.0123 (CORE-20)", "—", "—", "—"]
 
 
 @pytest.mark.parametrize("value, shown", [(18.2, "18.2"), (0.81234, "0.8123"), (2.0, "2"), (0.0, "0"),
@@ -128,3 +128,21 @@ def test_numbers_read_as_a_person_writes_them(value, shown):
 
 def test_a_cpu_profile_says_it_runs_on_a_cpu(base_dir):
     assert "~0.04 h on a CPU" in report.header(load_profile("tiny"))
+
+
+def test_every_chat_metric_has_a_row_and_a_partial_chatcore_its_label(base_dir):
+    report.reset()
+    report.write_section("10_eval", "Evaluation", {"sft/SpellingBee": 0.5, "sft/ChatCORE-2": 0.125, "base/CORE-20": 0.01})
+    text = report.generate(copy_to=None).read_text()
+    assert summary_row(text, "SpellingBee") == ["—", "—", "0.5", "—"]
+    assert summary_row(text, "ChatCORE") == ["—", "—", "0.125 (ChatCORE-2)", "—"]
+    assert summary_row(text, "HumanEval") == ["—"] * 4  # not run is a dash, never 0
+
+
+def test_the_cost_is_the_wall_time_at_the_profiles_rate(base_dir):
+    report.reset(load_profile("speedrun"))  # ~$100 for ~4 h: $25/h
+    report.write_section("05_pretrain", "Base", {"wall_time_s": 7200.0})
+    assert "Estimated cost: $50.00 (2h00m at the speedrun profile's $25.00/h on 8xH100)" in \
+        report.generate(copy_to=None).read_text()
+    report.reset()
+    assert "Estimated cost: —" in report.generate(copy_to=None).read_text()

@@ -94,9 +94,12 @@ def generative_answers(engine: Engine, conversation: dict, num_samples: int = 1,
 
 
 def reference_text(conversation: dict) -> str:
-    """The reference reply as text (tool parts joined), for showing next to the model's."""
+    """The reference reply as text, a tool call shown as <<expression=output>>, for reading next to the model's."""
     content = conversation["messages"][-1]["content"]
-    return content if isinstance(content, str) else "".join(part["text"] for part in content)
+    if isinstance(content, str):
+        return content
+    shown = {"text": "{}", "python": "<<{}", "python_output": "={}>>"}
+    return "".join(shown[part["type"]].format(part["text"]) for part in content)
 
 
 def evaluate_task(model, tokenizer, task, device, max_problems: int = -1, batch_size: int = 8, num_samples: int = 1,
