@@ -41,7 +41,7 @@ def main(out_path: str, B: int = 2, T: int = 63, train_batches: int = 6):
     tokenizer = byte_tokenizer()
     # every val document this rank reads, straight from its document stream
     stream = DocumentStream(tokenizer, "val", info.rank, info.world_size)
-    read_tags = [TAG.match(tokenizer.decode(ids[1:])).group(0) for _, ids in stream]
+    read_tags = [TAG.match(tokenizer.decode(ids[1:])).group(0) for _, ids, _ in stream]
     # the val loader: which documents made it into its rows
     val = build_val_loader(tokenizer, B, T, rank=info.rank, world_size=info.world_size)
     val_tags = [tag for inputs, _ in val for tag in tags_in(inputs, tokenizer)]
