@@ -187,8 +187,9 @@ class Throughput:
             self.timed_steps += 1
 
     def tokens_per_second(self, last: bool = False) -> float:
-        """All ranks' tokens per second, of the last step or averaged over the timed steps."""
-        dt = self.last_dt if last else self.elapsed / max(self.timed_steps, 1)
+        """All ranks' tokens per second, of the last step or averaged over the timed steps (the last
+        step's when a short run has no timed steps yet)."""
+        dt = self.last_dt if last or not self.timed_steps else self.elapsed / self.timed_steps
         return self.tokens_per_step / dt if dt > 0 else float("nan")
 
     def mfu(self, last: bool = False) -> float | None:
@@ -196,6 +197,58 @@ class Throughput:
         if self.peak is None:
             return None
         return self.tokens_per_second(last) * self.flops_per_token / self.peak
+
+
+def train_step(model, optimizer, loader, accum_steps: int, step: int, num_steps: int, schedule: dict,
+               muon_momentum_fn=None, train_model=None) -> tuple[float, float]:
+    """One optimizer step, as notebook 05 spells it out: accum_steps micro-steps, the schedules, the update.
+
+    The chat stages (06-08) call this instead of repeating 05's loop body. Each micro-step's
+    loss is divided by accum_steps, so the summed gradients are a mean. (With masked targets
+    each micro-batch's loss is already a mean over its own supervised tokens, so micro-batches
+    with few supervised tokens weigh a little more: the simple choice nanochat makes too.)
+    Returns (the step's loss averaged over ranks, the learning-rate multiplier used).
+    """
+    train_model = train_model or model
+    loss_sum = None
+    for _ in range(accum_steps):
+        inputs, targets = next(loader)
+        loss = train_model(inputs, targets) / accum_steps
+        loss.backward()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+    lr_mult = set_schedules(optimizer, step, num_steps, muon_momentum_fn=muon_momentum_fn, **schedule)
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return mean_across_ranks(loss_sum), lr_mult
+
+
+def epoch_steps(tokenizer, task, tokens_per_step: int, sample: int = 256) -> int:
+    """About how many optimizer steps one pass over a task's conversations takes, from a sample of them.
+
+    Rendering every conversation of a large mixture only to count its tokens would cost
+    minutes, so the mean length of `sample` evenly spaced conversations stands in for it.
+    """
+    picks = range(0, len(task), max(1, len(task) // sample))
+    mean_tokens = sum(len(tokenizer.render_conversation(task[i], 10**9)[0]) for i in picks) / len(picks)
+    return max(1, math.ceil(mean_tokens * len(task) / tokens_per_step))
+
+
+@torch.no_grad()
+def evaluate_loss(model, loader, max_batches: int | None = None) -> float:
+    """Mean loss (nats per supervised token) over a held-out loader, summed over all ranks' batches."""
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=model.device)  # (sum of token losses, supervised tokens)
+    try:
+        for i, (inputs, targets) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            losses = model(inputs, targets, loss_reduction="none")  # (B, T), 0 where the target is -1
+            total += torch.stack([losses.sum().double(), (targets != -1).sum().double()])
+    finally:
+        model.train()
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).item()
 
 
 # -----------------------------------------------------------------------------

@@ -150,3 +150,101 @@ def confidence_interval(correct: int, total: int, z: float = 1.96) -> tuple[floa
     middle = (p + z * z / (2 * total)) / denominator
     half = z * ((p * (1 - p) / total + z * z / (4 * total * total)) ** 0.5) / denominator
     return max(0.0, middle - half), min(1.0, middle + half)
+
+
+# ---- the chat format: what a small model can learn, measured
+
+def reply_tokens(engine: Engine, conversation: dict, max_tokens: int) -> tuple[list[int], bool]:
+    """The model's greedy reply (tool output included) and whether it ended with <|assistant_end|> in time."""
+    prompt = engine.tokenizer.render_for_completion(conversation)
+    max_tokens = max(0, min(max_tokens, engine.model.config.sequence_len - len(prompt)))
+    assistant_end = engine.tokenizer.encode_special("<|assistant_end|>")
+    reply = []
+    for column, _ in engine.generate(prompt, num_samples=1, max_tokens=max_tokens, temperature=0.0):
+        if column[0] in engine.stop_tokens:
+            return reply, column[0] == assistant_end
+        reply.append(column[0])
+    return reply, False
+
+
+def used_a_tool(tokenizer, reply: list[int]) -> bool:
+    """A well-formed call whose output came back and was read: <|python_start|> ... <|python_end|>
+    <|output_start|> ... <|output_end|>, then more of the reply."""
+    special = tokenizer.encode_special
+    marks = [special(name) for name in ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")]
+    position = 0
+    for mark in marks:
+        if mark not in reply[position:]:
+            return False
+        position = reply.index(mark, position) + 1
+    return position < len(reply)  # the model went on after reading the output
+
+
+def format_rates(model, tokenizer, conversations: list[dict], max_tokens: int = 64) -> dict:
+    """How often replies to held-out prompts have the chat format right, greedy:
+
+    ends    the reply ends with <|assistant_end|> within max_tokens (it hands the turn back)
+    letter  a multiple-choice reply is exactly one of the allowed letters
+    tool    a reply to a problem whose reference uses the calculator makes a call, reads its output, goes on
+    Each is a fraction of the prompts it applies to (None when none does), with the counts.
+    """
+    engine = Engine(model, tokenizer)
+    counts = {"ends": [0, 0], "letter": [0, 0], "tool": [0, 0]}
+    was_training = model.training
+    model.eval()
+    for conversation in conversations:
+        reply, ended = reply_tokens(engine, conversation, max_tokens)
+        counts["ends"][0] += ended
+        counts["ends"][1] += 1
+        if "letters" in conversation:
+            counts["letter"][0] += tokenizer.decode(reply).strip() in conversation["letters"]
+            counts["letter"][1] += 1
+        reference = conversation["messages"][-1]["content"]
+        if not isinstance(reference, str) and any(part["type"] == "python" for part in reference):
+            counts["tool"][0] += used_a_tool(tokenizer, reply)
+            counts["tool"][1] += 1
+    model.train(was_training)
+    return {name: (right / total if total else None) for name, (right, total) in counts.items()} | {"counts": counts}
+
+
+@torch.no_grad()
+def letter_mass(model, tokenizer, conversations: list[dict]) -> float:
+    """Mean probability a model puts on the allowed answer letters, as the first token of its reply.
+
+    Near 0 for a base model (it has never seen the format: the letters are just 4 of thousands
+    of tokens); near 1 once it has learned that a multiple-choice reply is one letter.
+    """
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for conversation in conversations:
+        prompt = tokenizer.render_for_completion(conversation)
+        probs = torch.softmax(model(torch.tensor([prompt], device=model.device))[0, -1].float(), dim=-1)
+        total += probs[letter_ids(tokenizer, conversation["letters"])].sum().item()
+    model.train(was_training)
+    return total / len(conversations)
+
+
+def held_out_prompts(n: int) -> list[dict]:
+    """The held-out prompts the chat stages measure the format on: n each of MMLU validation
+    (multiple choice), GSM8K test (calculator) and SmolTalk test (conversation)."""
+    from nanochat.tasks.gsm8k import GSM8K
+    from nanochat.tasks.mmlu import MMLU
+    from nanochat.tasks.smoltalk import SmolTalk
+
+    return [task[i] for task in (MMLU("all", "validation"), GSM8K("test"), SmolTalk("test")) for i in range(n)]
+
+
+FORMAT_LABELS = {"ends": "ends with\n<|assistant_end|>", "letter": "one valid\nletter", "tool": "tool call\nused",
+                 "p_letters": "p(letters)"}
+
+
+def plot_format(before: dict, after: dict, names: tuple[str, str], ax) -> None:
+    """Bars of the format rates (and letter mass) before and after a stage, on one axis."""
+    keys = list(FORMAT_LABELS)
+    x = range(len(keys))
+    for offset, rates, name in ((-0.2, before, names[0]), (0.2, after, names[1])):
+        ax.bar([i + offset for i in x], [rates.get(k) or 0.0 for k in keys], 0.4, label=name)
+    ax.set_xticks(list(x), [FORMAT_LABELS[k] for k in keys])
+    ax.set(ylim=(0, 1), title="the chat format on held-out prompts")
+    ax.legend()
