@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+from base_dirs import using_base_dir
 from chat_models import GuessingModel, OracleModel
 from dist_loader_worker import byte_tokenizer
 from torchrun import launch_two_ranks
@@ -18,16 +19,10 @@ from nanochat.tasks.spellingbee import SpellingBee
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory, data_pack):
     """The six ChatCORE tasks, on data fetched once through the mirror."""
-    base = tmp_path_factory.mktemp("chat-eval")
-    old = os.environ.get("NANOCHAT_BASE_DIR")
-    os.environ["NANOCHAT_BASE_DIR"] = str(base)
-    yield {"ARC-Easy": ARC("ARC-Easy", "test"), "ARC-Challenge": ARC("ARC-Challenge", "test"),
-           "MMLU": MMLU("all", "test"), "GSM8K": GSM8K("test"), "HumanEval": HumanEval(),
-           "SpellingBee": SpellingBee("test", size=200)}
-    if old is None:
-        del os.environ["NANOCHAT_BASE_DIR"]
-    else:
-        os.environ["NANOCHAT_BASE_DIR"] = old
+    with using_base_dir(tmp_path_factory.mktemp("chat-eval")):
+        yield {"ARC-Easy": ARC("ARC-Easy", "test"), "ARC-Challenge": ARC("ARC-Challenge", "test"),
+               "MMLU": MMLU("all", "test"), "GSM8K": GSM8K("test"), "HumanEval": HumanEval(),
+               "SpellingBee": SpellingBee("test", size=200)}
 
 
 def test_an_oracle_scores_one_on_every_task_and_chatcore(tasks):

@@ -4,7 +4,6 @@ Each runs under papermill on a base dir of its own holding a small tokenizer and
 depth-1 'base' checkpoint (we test the machinery, not the model), with tiny mixtures.
 """
 import json
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +12,8 @@ import papermill
 import pytest
 import torch
 
+import base_dirs
+from base_dirs import using_base_dir
 from nanochat import cli, common, stages
 from nanochat.checkpoint import save_checkpoint
 from nanochat.gpt import build_model, config_for_depth
@@ -34,10 +35,7 @@ PHASE = {"06_midtrain": "mid", "07_sft": "sft"}
 @pytest.fixture(scope="module")
 def chat_inputs(tmp_path_factory, data_pack) -> Path:
     """A base dir with a 512-token tokenizer, a random d1 base model and the task data cached."""
-    base = tmp_path_factory.mktemp("chat-inputs")
-    old = os.environ.get("NANOCHAT_BASE_DIR")
-    os.environ["NANOCHAT_BASE_DIR"] = str(base)
-    try:
+    with using_base_dir(tmp_path_factory.mktemp("chat-inputs")) as base:
         texts = [json.dumps(GSM8K("train")[i]) for i in range(300)] + [json.dumps(SmolTalk("train")[i]) for i in range(300)]
         train_tokenizer(texts, vocab_size=512)
         tokenizer = get_tokenizer()
@@ -46,22 +44,12 @@ def chat_inputs(tmp_path_factory, data_pack) -> Path:
         model = build_model(config)
         save_checkpoint(common.checkpoint_dir("base", 1), 1, model.state_dict(), None,
                         {"config": asdict(config), "tokenizer": tokenizer.fingerprint()})
-    finally:
-        if old is None:
-            del os.environ["NANOCHAT_BASE_DIR"]
-        else:
-            os.environ["NANOCHAT_BASE_DIR"] = old
     return base
 
 
 def fresh_base_dir(inputs: Path, path: Path, monkeypatch) -> Path:
     """Shares the inputs (symlinks) but has its own checkpoints for the stage under test."""
-    path.mkdir()
-    (path / "checkpoints").mkdir()
-    for name in ("tokenizer", "task_data", "checkpoints/base"):
-        (path / name).symlink_to(inputs / name)
-    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(path))
-    return path
+    return base_dirs.fresh_base_dir(inputs, path, monkeypatch, shared=("tokenizer", "task_data", "checkpoints/base"))
 
 
 def run_notebook(stage: str, out: Path, **parameters) -> str:

@@ -5,7 +5,6 @@ base dir of its own: two shards of the course data (one train, one val) and a
 512-token tokenizer trained here, so each run takes seconds.
 """
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import papermill
 import pytest
 import torch
 
+import base_dirs
+from base_dirs import using_base_dir
 from nanochat import cli, dataset, stages
 from nanochat.tokenizer import train_tokenizer
 
@@ -24,28 +25,16 @@ SMALL = dict(depth=1, max_seq_len=64, device_batch_size=2, total_batch_size=256,
 @pytest.fixture(scope="module")
 def pretrain_inputs(tmp_path_factory, data_pack) -> Path:
     """A base dir holding what stage 05 reads: two shards and a small tokenizer."""
-    base = tmp_path_factory.mktemp("pretrain-inputs")
-    old = os.environ.get("NANOCHAT_BASE_DIR")
-    os.environ["NANOCHAT_BASE_DIR"] = str(base)
-    try:
+    with using_base_dir(tmp_path_factory.mktemp("pretrain-inputs")) as base:
         dataset.download_shards(2)
         texts = dataset.open_shard(dataset.list_parquet_files()[0]).read_row_group(0).column("text").to_pylist()
         train_tokenizer(texts, vocab_size=512)
-    finally:
-        if old is None:
-            del os.environ["NANOCHAT_BASE_DIR"]
-        else:
-            os.environ["NANOCHAT_BASE_DIR"] = old
     return base
 
 
 def fresh_base_dir(inputs: Path, path: Path, monkeypatch) -> Path:
     """A base dir that shares the inputs (symlinks) but has its own checkpoints and report."""
-    path.mkdir()
-    for name in ("base_data", "tokenizer"):
-        (path / name).symlink_to(inputs / name)
-    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(path))
-    return path
+    return base_dirs.fresh_base_dir(inputs, path, monkeypatch, shared=("base_data", "tokenizer"))
 
 
 def run_notebook(out: Path, **parameters) -> str:

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from base_dirs import using_base_dir
 
 from nanochat import hub
 from nanochat.engine import calculator
@@ -28,14 +29,8 @@ def pack_lines(data_pack, *path) -> int:
 @pytest.fixture(scope="module")
 def task_base_dir(tmp_path_factory, data_pack):
     """One base dir for the module, so each file is fetched through the mirror once."""
-    base = tmp_path_factory.mktemp("tasks")
-    old = os.environ.get("NANOCHAT_BASE_DIR")
-    os.environ["NANOCHAT_BASE_DIR"] = str(base)
-    yield base
-    if old is None:
-        del os.environ["NANOCHAT_BASE_DIR"]
-    else:
-        os.environ["NANOCHAT_BASE_DIR"] = old
+    with using_base_dir(tmp_path_factory.mktemp("tasks")) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
