@@ -379,9 +379,10 @@ def save_training_state(folder: str, step: int, model, optimizer, loader, meta: 
     """Everything needed to continue exactly: weights, this rank's optimizer shard and loader position, meta.
 
     Every rank calls it. meta carries the config, the history and the throughput counters.
+    loader is None when the data position is a function of the step alone (RL's prompts).
     """
     ckpt.save_checkpoint(folder, step, model.state_dict(), optimizer.state_dict(), meta,
-                         loader_state=loader.state_dict(), rank=get_rank())
+                         loader_state=None if loader is None else loader.state_dict(), rank=get_rank())
 
 
 RESUME_KEYS = ("resume_from_step", "auto_resume")  # how a run starts, not what it trains
