@@ -24,7 +24,7 @@ from nanochat.tokenizer import get_tokenizer, train_tokenizer
 SMALL = {
     "06_midtrain": dict(max_seq_len=128, device_batch_size=2, total_batch_size=256, smoltalk_rows=40, mmlu_rows=20,
                         gsm8k_rows=20, identity_rows=10, simple_spelling_rows=20, spelling_bee_rows=20, eval_every=2,
-                        eval_batches=1, format_prompts=2, format_max_tokens=8),
+                        eval_batches=1, eval_problems=2, format_prompts=2, format_max_tokens=8),
     "07_sft": dict(max_seq_len=128, device_batch_size=2, total_batch_size=256, arc_easy_rows=20, arc_challenge_rows=10,
                    gsm8k_rows=20, smoltalk_rows=20, identity_rows=10, simple_spelling_rows=10, spelling_bee_rows=10,
                    eval_every=2, eval_batches=1, eval_problems=2, format_prompts=2, format_max_tokens=8),
