@@ -9,6 +9,7 @@ everything before it is training.
 """
 import argparse
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -124,10 +125,15 @@ def main():
     parser.add_argument("-n", "--num-shards", type=int, default=8, help="how many (the last is validation)")
     parser.add_argument("-w", "--workers", type=int, default=4, help="parallel downloads")
     args = parser.parse_args()
-    paths = download_shards(args.num_shards, args.workers)
+    try:
+        paths = download_shards(args.num_shards, args.workers)
+    except (hub.DownloadError, ValueError) as e:  # the message says what to do; a traceback would bury it
+        print(f"nanochat.dataset: error: {e}", file=sys.stderr)
+        return 2
     print(f"{len(paths)} shards in {pretrain_data_dir()} ({len(paths) - 1} train + 1 val)")
     print(f"validation shard: {describe_val_shard()}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import sys
 import threading
 import zipfile
 from urllib.parse import urlparse
@@ -197,7 +198,10 @@ def main():
     parser.add_argument("--data", required=True, help="the data folder to serve")
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
-    server, env = start_mirror(args.data, args.port)
+    try:
+        server, env = start_mirror(args.data, args.port)
+    except (FileNotFoundError, OSError) as e:  # not a data pack, or the port is taken
+        sys.exit(f"nanochat.mirror: error: {e} (pass --data DIR of the course data pack, --port N for another port)")
     print("Serving", os.path.abspath(args.data), "- in another shell:")
     for k, v in env.items():
         print(f"export {k}={v}")

@@ -222,7 +222,9 @@ def type_mismatch(value, default) -> str | None:
         return None
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return None
-    return (f"is a {type(value).__name__}, but the notebook's default {default!r} is a {expected.__name__}"
+    def a(name: str) -> str:
+        return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+    return (f"is {a(type(value).__name__)}, but the notebook's default {default!r} is {a(expected.__name__)}"
             + (" (quote a string on the command line: -p 'name=\"text\"')" if expected is str else ""))
 
 

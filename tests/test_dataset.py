@@ -44,3 +44,11 @@ def test_a_corrupt_shard_is_named(shards):
 
 def test_the_validation_shard_is_named_out_loud(shards):
     assert dataset.describe_val_shard().startswith("shard_00002.parquet, the last of the 3 shards on disk")
+
+
+def test_the_download_command_fails_in_one_message(base_dir, monkeypatch, capsys):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a mirror that is not running
+    monkeypatch.setattr("sys.argv", ["nanochat.dataset", "-n", "2"])
+    assert dataset.main() == 2
+    err = capsys.readouterr().err
+    assert err.count("nanochat.dataset: error:") == 1 and "is the mirror running?" in err and "Traceback" not in err
