@@ -223,12 +223,12 @@ def load_model(phase: str | None = None, depth: int | None = None, step: int | N
     """
     from nanochat.tokenizer import get_tokenizer
 
-    guessed = [what for what, value in (("phase", phase), ("depth", depth), ("step", step)) if value is None]
+    guesses = {"phase": "the most trained phase", "depth": "the largest depth", "step": "the last step"}
+    guessed = [guesses[what] for what, value in (("phase", phase), ("depth", depth), ("step", step)) if value is None]
     phase = phase or most_trained_phase()
     folder, step = find_checkpoint(phase, depth, step)
     common.print0(f"loading the {phase!r} model, step {step}, from {folder}"
-                  + (f" (the most trained phase, largest depth, last step: no {', '.join(guessed)} given)"
-                     if guessed else ""))
+                  + (f" ({', '.join(guessed)}: none was given)" if guessed else ""))
     ckpt = load_checkpoint(folder, step, device, load_optimizer=False)
     tokenizer = tokenizer or get_tokenizer()
     check_tokenizer(ckpt.meta, tokenizer, f"the {phase!r} model in {folder} (step {step})")

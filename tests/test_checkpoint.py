@@ -132,10 +132,10 @@ def test_phase_folders_guesses_and_load_model(base_dir, capsys):
     tokenizer = FakeTokenizer(vocab_size=CONFIG.vocab_size)
     loaded, _, meta = load_model(tokenizer=tokenizer)  # phase, depth and step guessed, and said so
     printed = capsys.readouterr().out
-    assert "'base' model, step 8" in printed and "no phase, depth, step given" in printed
+    assert "'base' model, step 8" in printed and "the most trained phase, the largest depth, the last step" in printed
     assert meta["config"] == asdict(CONFIG) and meta["step"] == 8 and meta["phase"] == "base"
     loaded, _, meta = load_model("base", depth=2, step=4, tokenizer=tokenizer)
-    assert "given" not in capsys.readouterr().out
+    assert "none was given" not in capsys.readouterr().out
     idx = torch.randint(0, 64, (1, 16))
     assert torch.equal(loaded(idx), model(idx))
 
