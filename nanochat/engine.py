@@ -29,6 +29,7 @@ a nanochat.gpt.KVCache, and model.config.sequence_len. nanochat.gpt.GPT has all 
 """
 import ast
 import operator
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -60,7 +61,7 @@ def calculator(expression: str) -> str | None:
     no eval(): a name, an import, an attribute other than those methods, `**` (9**9**9
     would never finish) or anything else is refused before it runs. That is why this runs
     in-process: it cannot reach anything to escape with, and it takes microseconds, where
-    a sandboxed interpreter (execute_code, python_tool) costs ~0.1 s per call.
+    a sandboxed interpreter (execute_code, python_tool) costs ~70 ms per call (bench/sandbox.py).
     """
     if len(expression) > MAX_EXPRESSION_CHARS:
         return None
@@ -110,8 +111,12 @@ def _format(value) -> str:
 
 
 def python_tool(code: str) -> str | None:
-    """A real Python tool: run the code in the sandbox, return what it printed (or its error)."""
-    result = execute_code(code, timeout=5.0, max_memory_mb=256, max_output_chars=1000)
+    """A real Python tool: run the code in the sandbox, return what it printed (or its error).
+
+    Strict on Linux: where the kernel sandbox cannot be made (no bubblewrap), this raises
+    SandboxUnavailable, with the fix, instead of running a model's code unisolated."""
+    result = execute_code(code, timeout=5.0, max_memory_mb=256, max_output_chars=1000,
+                          strict=sys.platform.startswith("linux"))
     return result.stdout.strip() if result.success else result.error
 
 

@@ -47,6 +47,19 @@ TOML
     fi
 fi
 
-# 4. The project: nanochat + rustbpe, editable, with the course and test tools.
+# 4. The sandbox for model-written code (nanochat/execution.py): bubblewrap makes its
+#    namespaces. Installed when we can (root + apt); otherwise say how.
+if [ "$(uname -s)" = Linux ] && ! have bwrap; then
+    if have apt-get && [ "$(id -u)" = 0 ]; then
+        apt-get install -y --no-install-recommends bubblewrap >/dev/null \
+        || { apt-get update >/dev/null && apt-get install -y --no-install-recommends bubblewrap >/dev/null; }
+    else
+        echo "setup: install bubblewrap for the code sandbox (sudo apt install bubblewrap / sudo dnf install bubblewrap);" \
+             "without it the Python tool and HumanEval refuse to run" >&2
+    fi
+fi
+
+# 5. The project: nanochat + rustbpe, editable, with the course and test tools.
 pip install -e ".[dev]"
 python -c "import nanochat, rustbpe; print('setup: ok, nanochat and rustbpe import')"
+python -c "from nanochat.execution import isolation_problem as p; print('setup: code sandbox:', p() or 'ok (bubblewrap namespaces)')"

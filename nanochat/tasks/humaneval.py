@@ -7,6 +7,7 @@ is right when its first fenced code block (or the whole reply, if it has none), 
 prompt's imports, passes the task's tests in the sandbox (nanochat.execution).
 """
 import re
+import sys
 
 from nanochat.execution import execute_code
 from nanochat.tasks.common import Task, read_parquet_rows
@@ -50,4 +51,6 @@ class HumanEval(Task):
                             conversation["test"], f"check({conversation['entry_point']})"])
 
     def evaluate(self, conversation: dict, completion: str) -> bool:
-        return execute_code(self.program(conversation, completion), timeout=self.timeout).success
+        # strict on Linux: a model's code runs in the namespaces or not at all
+        program = self.program(conversation, completion)
+        return execute_code(program, timeout=self.timeout, strict=sys.platform.startswith("linux")).success
