@@ -112,3 +112,11 @@ def test_long_output_is_truncated(execute):
     assert result.success
     assert len(result.stdout) < 1100 and result.stdout.startswith("x" * 1000)
     assert "truncated" in result.stdout
+
+
+def test_no_sandbox_is_a_one_line_error_for_the_cli():
+    from nanochat.cli import is_user_error
+    from nanochat.execution import SandboxUnavailable
+
+    assert is_user_error(SandboxUnavailable("bubblewrap is not installed (...)"))
+    assert not is_user_error(RuntimeError("a bug"))
