@@ -50,18 +50,33 @@ def add_report(commands) -> None:
     generate.add_argument("--run", help="also count this run's stage times (BASE_DIR/runs/RUN)")
 
 
-def add_chat(commands) -> None:
-    c = commands.add_parser("chat", help="chat with a trained model in the terminal",
-                            description="Chat with a trained model in the terminal.")
+def add_model_arguments(c) -> None:
+    """Which model to talk to and how to sample from it: shared by `chat` and `serve`."""
     c.add_argument("--phase", choices=PHASES, help="which model (default: the most trained there is)")
     c.add_argument("--depth", type=int, help="model depth (default: the largest of that phase)")
     c.add_argument("--step", type=int, help="checkpoint step (default: the last)")
-    c.add_argument("-p", "--prompt", help="ask one question, print the answer and exit")
     c.add_argument("--temperature", type=float, default=0.6)
     c.add_argument("--top-k", type=int, default=50)
     c.add_argument("--max-tokens", type=int, default=256, help="longest reply, in tokens")
-    c.add_argument("--seed", type=int, default=42)
     c.add_argument("--device", help="cuda, mps or cpu (default: the best there is)")
+
+
+def add_chat(commands) -> None:
+    c = commands.add_parser("chat", help="chat with a trained model in the terminal",
+                            description="Chat with a trained model in the terminal.")
+    add_model_arguments(c)
+    c.add_argument("-p", "--prompt", help="ask one question, print the answer and exit")
+    c.add_argument("--seed", type=int, default=42)
+
+
+def add_serve(commands) -> None:
+    c = commands.add_parser("serve", help="chat with a trained model in a browser (a web server)",
+                            description="Serve the chat page and its streaming API (nanochat/ui/web.py).")
+    add_model_arguments(c)
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    c.add_argument("--port", type=int, default=8000)
+    c.add_argument("--workers", type=int, help="replies generated at once (default: one per GPU, else 1)")
+    c.add_argument("--queue", type=int, default=16, help="requests that may wait for a worker; more get 503")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("profiles", help="list the profiles with their expected time and cost")
     add_report(commands)
     add_chat(commands)
+    add_serve(commands)
     return parser
 
 
@@ -90,13 +106,15 @@ def report_command(args) -> int:
 
 
 def is_user_error(error: Exception) -> bool:
-    """A missing file, a failed download, a corrupt checkpoint: their message says what to do, so a
+    """A missing file, a failed download, a corrupt checkpoint, no sandbox: their message says what to do, so a
     person sees it alone, not buried under a traceback."""
     from nanochat.hub import DownloadError
 
     kinds = (FileNotFoundError, DownloadError)
     if checkpoint := sys.modules.get("nanochat.checkpoint"):  # not imported: it cannot have raised
         kinds += (checkpoint.CheckpointError,)
+    if execution := sys.modules.get("nanochat.execution"):  # no sandbox on this machine: the message says how to get one
+        kinds += (execution.SandboxUnavailable,)
     return isinstance(error, kinds)
 
 
@@ -115,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "report":
             return report_command(args)
+        if args.command == "serve":
+            from nanochat.ui import web
+            return web.serve(args)
         from nanochat.ui import terminal
         return terminal.chat(args)
     except PipelineError as e:

@@ -1,9 +1,12 @@
-"""Stand-in models for grading tests: one that always says the reference answer, one that guesses.
+"""Stand-ins for tests: models for grading (one that always says the reference answer, one that
+guesses) and a scripted engine for the chat views (it 'generates' given tokens).
 
 Both have what the graders use of a model: model(idx) -> logits (B, T, V), with a KV cache
 for the Engine (the token ids themselves are stored as keys, so a row's whole history is
 known at every step), and model.config.sequence_len.
 """
+import time
+
 import torch
 
 from nanochat.gpt import GPTConfig, KVCache
@@ -86,3 +89,25 @@ class GuessingModel(HistoryModel):
     def next_logits(self, history):
         seed = hash(tuple(history)) % (2**31)
         return torch.randn(self.config.vocab_size, generator=torch.Generator().manual_seed(seed))
+
+
+class ScriptedEngine:
+    """Stands in for the Engine: 'generates' the given tokens, one per step, as Engine.generate yields them."""
+
+    def __init__(self, tokens, stop_tokens, endless=False, delay=0.0):
+        self.tokens, self.stop_tokens, self.endless, self.delay = tokens, stop_tokens, endless, delay
+        self.prompts = []
+
+    def generate(self, prompt, num_samples, max_tokens, temperature, top_k, seed):
+        self.prompts.append(prompt)
+        for step in range(max_tokens):
+            if step >= len(self.tokens) and not self.endless:
+                return
+            time.sleep(self.delay)  # a real model takes a while per token
+            yield [self.tokens[step % len(self.tokens)]], [1]
+
+
+def script(session, tokens, endless=False, delay=0.0):
+    """Make the session's next reply these tokens (then <|assistant_end|>, unless endless)."""
+    end = session.tokenizer.encode_special("<|assistant_end|>")
+    session.engine = ScriptedEngine(tokens + ([] if endless else [end]), {end}, endless, delay)

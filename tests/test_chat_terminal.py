@@ -1,4 +1,5 @@
 """The terminal chat (`nanochat chat`): finds the most trained model, streams the Engine's reply, clear errors."""
+import io
 import os
 from dataclasses import asdict
 
@@ -10,7 +11,8 @@ from nanochat.checkpoint import CheckpointError, checkpoint_dir, save_checkpoint
 from nanochat.engine import Engine
 from nanochat.gpt import build_model, config_for_depth
 from nanochat.tokenizer import get_tokenizer, train_tokenizer
-from nanochat.ui import terminal
+from nanochat.ui.session import Event
+from nanochat.ui.terminal import write_reply
 
 TEXT = ["The capital of France is Paris. " * 20, "One plus one is two, and 12*3 is 36. " * 20]
 
@@ -34,7 +36,8 @@ def test_one_prompt_prints_the_engines_greedy_reply(trained, capsys):
     prompt = tokenizer.render_for_completion({"messages": [{"role": "user", "content": "hi"},
                                                            {"role": "assistant", "content": ""}]})
     sequences, _ = Engine(model, tokenizer).generate_batch(prompt, max_tokens=12, temperature=0.0)
-    assert out == terminal.render_reply(tokenizer, sequences[0][len(prompt):]) + "\n"
+    reply = [t for t in sequences[0][len(prompt):] if t != tokenizer.encode_special("<|assistant_end|>")]
+    assert out == shown_at_once(tokenizer, reply) + "\n"  # streamed token by token, the same text
 
 
 def test_interactive_turns_clear_and_quit(trained, capsys, monkeypatch):
@@ -44,12 +47,28 @@ def test_interactive_turns_clear_and_quit(trained, capsys, monkeypatch):
     assert capsys.readouterr().out.count("assistant> ") == 2
 
 
-def test_tool_calls_read_as_expression_equals_result(base_dir):
-    tokenizer = train_tokenizer(TEXT, vocab_size=300)
-    special = tokenizer.encode_special
-    ids = (tokenizer.encode("so ") + [special("<|python_start|>")] + tokenizer.encode("12*3") + [special("<|python_end|>"),
-           special("<|output_start|>")] + tokenizer.encode("36") + [special("<|output_end|>")] + tokenizer.encode(" ok"))
-    assert terminal.render_reply(tokenizer, ids) == "so [12*3 = 36] ok"
+# How a finished reply reads, decoded in one go (the reference the streamed view must match):
+# <|python_start|>12*3<|python_end|><|output_start|>36<|output_end|> shows as [12*3 = 36].
+TOOL_MARKS = {"<|python_start|>": "[", "<|python_end|>": "", "<|output_start|>": " = ", "<|output_end|>": "]"}
+
+
+def shown_at_once(tokenizer, ids: list[int]) -> str:
+    specials = {tokenizer.encode_special(name): mark for name, mark in TOOL_MARKS.items()}
+    pieces, text_ids = [], []
+    for token in ids:
+        if token in specials:
+            pieces.append(tokenizer.decode(text_ids) + specials[token])
+            text_ids = []
+        else:
+            text_ids.append(token)
+    return "".join(pieces) + tokenizer.decode(text_ids)
+
+
+def test_tool_calls_read_as_expression_equals_result():
+    events = [Event("text", "so "), Event("tool_call", "12*3"), Event("tool_output", "36"), Event("text", " ok"),
+              Event("tool_call", "import os"), Event("text", " hm"), Event("done", "stop")]
+    out = io.StringIO()
+    assert write_reply(events, out) == out.getvalue() == "so [12*3 = 36] ok[import os] hm\n"  # a refused call closes too
 
 
 def test_no_checkpoint_is_a_clear_error(base_dir, capsys):

@@ -4,78 +4,57 @@
     nanochat chat --phase base --depth 4   # a particular one
     nanochat chat --prompt "Why is the sky blue?" --temperature 0   # one answer, then exit
 
-Each turn renders the whole conversation with the chat tokens (render_for_completion), lets
-the Engine write the assistant's turn with its KV cache and the calculator tool, and prints
-the reply as it is generated. The arguments are declared in nanochat/cli.py. Type `clear` to start a new conversation, `quit` to leave.
+A thin view over nanochat/ui/session.py (the session the widget and web page share): each
+turn the session renders the conversation with the chat tokens, the Engine writes the
+assistant's turn with its KV cache and the calculator tool, and this prints the reply as it
+streams. The arguments are declared in nanochat/cli.py. Type `clear` to start a new
+conversation, `quit` to leave.
 """
 import contextlib
 import sys
+from typing import Iterable
 
-from nanochat import common
-from nanochat.checkpoint import load_model
-from nanochat.engine import Engine
-
-# How a tool call reads in the terminal: <|python_start|>12*3<|python_end|><|output_start|>36<|output_end|>
-# shows as [12*3 = 36].
-TOOL_MARKS = {"<|python_start|>": "[", "<|python_end|>": "", "<|output_start|>": " = ", "<|output_end|>": "]"}
+from nanochat.ui.session import ChatSession, Event
 
 
-def render_reply(tokenizer, ids: list[int]) -> str:
-    """Generated ids -> display text, with tool calls shown as [expression = result]."""
-    specials = {tokenizer.encode_special(name): mark for name, mark in TOOL_MARKS.items()}
-    pieces, text_ids = [], []
-    for token in ids:
-        if token in specials:
-            pieces.append(tokenizer.decode(text_ids) + specials[token])
-            text_ids = []
-        else:
-            text_ids.append(token)
-    return "".join(pieces) + tokenizer.decode(text_ids)
+def write_reply(events: Iterable[Event], out) -> str:
+    """Write a streamed reply as it comes, tool calls as [expression = result]; return what was shown."""
+    shown, open_call = [], False
 
+    def write(text):
+        shown.append(text)
+        out.write(text)
+        out.flush()
 
-def stream_reply(engine, tokenizer, messages: list[dict], max_tokens: int, temperature: float, top_k: int | None,
-                 seed: int, out=None) -> str:
-    """Write the assistant's next turn to `out` (default stdout) as it is generated; return its text."""
-    out = out or sys.stdout
-    prompt = tokenizer.render_for_completion({"messages": messages + [{"role": "assistant", "content": ""}]})
-    context = engine.model.config.sequence_len
-    max_tokens = min(max_tokens, context - len(prompt))
-    if max_tokens <= 0:
-        raise ValueError(f"the conversation has {len(prompt)} tokens and fills the model's {context}-token context: "
-                         f"type `clear` to start a new one")
-    ids, shown = [], ""
-    for column, _ in engine.generate(prompt, num_samples=1, max_tokens=max_tokens, temperature=temperature,
-                                     top_k=top_k, seed=seed):
-        if column[0] in engine.stop_tokens:
-            break
-        ids.append(column[0])
-        text = render_reply(tokenizer, ids)
-        if not text.endswith("\ufffd"):  # wait for the rest of a character split across tokens
-            out.write(text[len(shown):])
-            out.flush()
-            shown = text
-    text = render_reply(tokenizer, ids)
-    out.write(text[len(shown):] + "\n")
-    return text
+    for event in events:
+        if open_call and event.kind != "tool_output":
+            write("]")  # the tool gave no output (it refused): close the bracket anyway
+            open_call = False
+        if event.kind == "text":
+            write(event.text)
+        elif event.kind == "tool_call":
+            write(f"[{event.text}")
+            open_call = True
+        elif event.kind == "tool_output":
+            write(f" = {event.text}]")
+            open_call = False
+    write("\n")
+    return "".join(shown)
 
 
 def chat(args) -> int:
     """`nanochat chat`: one answer (--prompt) or a conversation until `quit`; returns the exit code."""
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the replies alone
-        model, tokenizer, meta = load_model(args.phase, args.depth, args.step,
-                                            device=args.device or common.autodetect_device())
-    model.eval()
-    engine = Engine(model, tokenizer)
+        session, meta = ChatSession.load(args.phase, args.depth, args.step, device=args.device,
+                                         temperature=args.temperature, top_k=args.top_k,
+                                         max_tokens=args.max_tokens, seed=args.seed)
     print(f"nanochat chat: {meta['phase']} model d{meta['config']['n_layer']} (step {meta['step']}) from "
           f"{meta['folder']}" + ("; a base model has not learned to chat, expect it to ramble"
                                  if meta["phase"] == "base" else ""), file=sys.stderr)
-
-    reply = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     if args.prompt is not None:
-        stream_reply(engine, tokenizer, [{"role": "user", "content": args.prompt}], **reply)
+        write_reply(session.send(args.prompt), sys.stdout)
         return 0
     print("Type a message; `clear` starts over, `quit` (or Ctrl-D) leaves.", file=sys.stderr)
-    messages = []
     while True:
         try:
             line = input("you> ").strip()
@@ -85,18 +64,12 @@ def chat(args) -> int:
         if line in ("quit", "exit"):
             return 0
         if line == "clear":
-            messages = []
+            session.clear()
             continue
         if not line:
             continue
-        messages.append({"role": "user", "content": line})
         print("assistant> ", end="", flush=True)
         try:
-            answer = stream_reply(engine, tokenizer, messages, **reply)
-        except ValueError as e:
+            write_reply(session.send(line), sys.stdout)
+        except ValueError as e:  # the conversation fills the context
             print(f"\n{e}")
-            messages.pop()
-            continue
-        messages.append({"role": "assistant", "content": answer})
-        reply["seed"] += 1  # a new turn, new randomness
-
