@@ -1,9 +1,10 @@
 """Training speed of one GPT size: step time, tokens/s and MFU, eager against torch.compile.
 
-    python bench/train_throughput.py                        # d6, T=512, B=8, vocab 32768; eager and compile
-    python bench/train_throughput.py --modes eager --steps 3
+    python bench/train_throughput.py                        # d6, T=512, B=8, vocab 32768; four modes
+    python bench/train_throughput.py --modes eager-plain,eager --steps 3   # what the fused loss saves
 
-A step is what the pretraining notebook does: forward with targets (the loss), backward,
+Modes: eager or torch.compile, each with the loss fused and chunked (nanochat/fused_loss.py,
+the default) or "-plain" (full logits, then F.cross_entropy). A step is what the pretraining notebook does: forward with targets (the loss), backward,
 optimizer.step() (Muon for the blocks' matrices, AdamW for the embedding and lm_head),
 zero_grad. The inputs are random token ids made once before timing: a step's cost depends
 on the shapes (B, T, vocab), not on which tokens fill them, so no data or tokenizer is needed.
@@ -41,7 +42,9 @@ from nanochat.common import autodetect_device
 from nanochat.gpt import build_model, config_for_depth
 from nanochat.train import Throughput, peak_flops
 
-MODES = ["eager", "compile"]
+# "-plain": the loss through the full logits and F.cross_entropy (model.fused_loss = False),
+# to measure what the chunked head + softcap + cross-entropy of nanochat/fused_loss.py saves.
+MODES = ["eager-plain", "eager", "compile-plain", "compile"]
 
 
 def peak_rss_mib() -> float:
@@ -57,9 +60,10 @@ def run_mode(args) -> dict:
     mode, device = args.worker, args.device
     torch.manual_seed(0)
     model = build_model(config_for_depth(args.depth, vocab_size=args.vocab, sequence_len=args.seq_len), device)
+    model.fused_loss = not mode.endswith("-plain")
     optimizer = model.setup_optimizers()  # every group starts at its initial_lr; a benchmark needs no schedule
     # The compiled module shares the model's parameters, so the optimizer built on `model` updates both.
-    train_model = torch.compile(model, dynamic=False) if mode == "compile" else model
+    train_model = torch.compile(model, dynamic=False) if mode.startswith("compile") else model
     inputs, targets = torch.randint(0, args.vocab, (2, args.batch, args.seq_len), device=device)  # (B, T) each
     meter = Throughput(args.batch * args.seq_len, model.estimate_flops(), args.peak_flops,
                        world_size=1, skip_steps=args.warmup, device=device)
@@ -75,10 +79,10 @@ def run_mode(args) -> dict:
         meter.stop(step)
         step_seconds.append(meter.last_dt)
         if step == 0:
-            what = "first step, compiling" if mode == "compile" else "first step"
+            what = "first step, compiling" if mode.startswith("compile") else "first step"
         else:
             what = "warm-up" if step < args.warmup else "timed"
-        print(f"  {mode:>7} step {step + 1:>2}/{total}: {meter.last_dt:7.2f} s  loss {loss.item():.3f}  ({what})",
+        print(f"  {mode:>13} step {step + 1:>2}/{total}: {meter.last_dt:7.2f} s  loss {loss.item():.3f}  ({what})",
               flush=True)
 
     timed = step_seconds[args.warmup:]
@@ -99,7 +103,7 @@ def run_worker(mode: str, args, peak: float | None) -> dict:
     """One mode in a fresh Python process (its progress lines go straight to our terminal); its results."""
     env = dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp:
-        if mode == "compile" and not args.warm_cache:
+        if mode.startswith("compile") and not args.warm_cache:
             # A cold compile: no kernels or graphs left over from an earlier run.
             env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tmp, "inductor")
             env["TRITON_CACHE_DIR"] = os.path.join(tmp, "triton")
@@ -119,7 +123,7 @@ def run_worker(mode: str, args, peak: float | None) -> dict:
 
 def print_table(results: list[dict], peak_source: str) -> None:
     """One row per mode, then what the numbers were measured on."""
-    header = (f"{'mode':<8} {'first step s':>12} {'mean step ms (min-max)':>24} {'median ms':>10} "
+    header = (f"{'mode':<13} {'first step s':>12} {'mean step ms (min-max)':>24} {'median ms':>10} "
               f"{'tokens/s':>9} {'GFLOP/s':>8} {'MFU':>6} {'peak RSS MiB':>13}")
     on_cuda = results[0]["peak_cuda_mib"] is not None
     if on_cuda:
@@ -128,7 +132,7 @@ def print_table(results: list[dict], peak_source: str) -> None:
     for r in results:
         spread = f"{r['mean_ms']:,.0f} ({r['min_ms']:,.0f}-{r['max_ms']:,.0f})"
         mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
-        row = (f"{r['mode']:<8} {r['first_s']:>12.2f} {spread:>24} {r['median_ms']:>10,.0f} "
+        row = (f"{r['mode']:<13} {r['first_s']:>12.2f} {spread:>24} {r['median_ms']:>10,.0f} "
                f"{r['tokens_per_s']:>9,.0f} {r['achieved_flops'] / 1e9:>8,.1f} {mfu:>6} {r['peak_rss_mib']:>13,.0f}")
         if on_cuda:
             row += f" {r['peak_cuda_mib']:>14,.0f}"

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanochat import common
+from nanochat.fused_loss import softcap_cross_entropy
 from nanochat.optim import MuonAdamW
 
 HEAD_DIM = 128        # every model uses heads of 128 channels; depth only changes how many
@@ -264,6 +265,10 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.lm_head = CastLinear(config.n_embd, config.vocab_size)  # untied from wte
+        # The loss through nanochat/fused_loss.py (chunked; never the full logits). False: the plain
+        # head + F.cross_entropy, kept to compare against (tests, bench/train_throughput.py).
+        # On CUDA neither has been measured against the other yet; fused is the default there too.
+        self.fused_loss = True
         # RoPE tables are derived, not learned: kept out of the state_dict, filled by init_weights().
         rotary_len = ROTARY_FACTOR * config.sequence_len
         self.register_buffer("cos", torch.empty(rotary_len, config.head_dim // 2), persistent=False)
@@ -307,14 +312,21 @@ class GPT(nn.Module):
             x = block(x, cos, sin, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        logits = self.lm_head(norm(x)).float()           # (B, T, V)
-        logits = SOFTCAP * torch.tanh(logits / SOFTCAP)  # no logit can run away
-
+        x = norm(x)
         if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=-1, reduction=loss_reduction)
-        return loss.view(B, T) if loss_reduction == "none" else loss
+            logits = self.lm_head(x).float()                  # (B, T, V)
+            return SOFTCAP * torch.tanh(logits / SOFTCAP)     # no logit can run away
+        if loss_reduction not in ("mean", "none"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'none', not {loss_reduction!r}")
+        targets = targets.reshape(-1)
+        if self.fused_loss:  # the same numbers without the (B*T, V) logits in memory (nanochat/fused_loss.py)
+            loss = softcap_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets, SOFTCAP, loss_reduction)
+        else:
+            logits = SOFTCAP * torch.tanh(self.lm_head(x).float() / SOFTCAP)
+            loss = F.cross_entropy(logits.view(B * T, -1), targets, ignore_index=-1, reduction="none")
+            if loss_reduction == "mean":
+                loss = loss.sum() / (targets >= 0).sum().clamp(min=1)  # the mean over the real targets
+        return loss.view(B, T) if loss_reduction == "none" else loss   # per token: 0 where the target is -1
 
     def rotary(self, pos: int, T: int):
         """RoPE's cos, sin for positions pos..pos+T, shaped (1, T, 1, D/2) to broadcast over batch and heads."""
