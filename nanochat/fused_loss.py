@@ -48,11 +48,12 @@ def _chunk_grad_logits(t, lse, y, row_scale, softcap):
     return g.mul_(1 - t * t)
 
 
-def _losses_only(x, weight, targets, softcap, chunk_rows):
-    """Evaluation: the per-row losses, chunk by chunk, no gradients."""
-    w = weight.to(x.dtype)
-    return torch.cat([_chunk_losses(x[i:i + chunk_rows], w, targets[i:i + chunk_rows], softcap)[0]
-                      for i in range(0, x.size(0), chunk_rows)])
+def _all_losses(x, weight, targets, softcap, chunk_rows):
+    """Every row's (loss, logsumexp), chunk by chunk: no gradient work (evaluation, or a backward to come)."""
+    w = weight.to(x.dtype)  # the weight is stored fp32; the matmul runs in the activations' dtype
+    chunks = [_chunk_losses(x[i:i + chunk_rows], w, targets[i:i + chunk_rows], softcap)[:2]
+              for i in range(0, x.size(0), chunk_rows)]
+    return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
 
 
 class _FusedMeanCrossEntropy(torch.autograd.Function):
@@ -60,7 +61,7 @@ class _FusedMeanCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets, softcap: float, chunk_rows: int):
-        w = weight.to(x.dtype)  # the weight is stored fp32; the matmul runs in the activations' dtype
+        w = weight.to(x.dtype)
         count = (targets >= 0).sum().clamp(min=1)
         scale = (1.0 / count).float()
         total = torch.zeros((), device=x.device, dtype=torch.float32)
@@ -89,13 +90,7 @@ class _ChunkedSoftcapCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets, softcap: float, chunk_rows: int):
-        n = x.size(0)
-        losses = torch.empty(n, device=x.device, dtype=torch.float32)
-        lse = torch.empty(n, device=x.device, dtype=torch.float32)
-        w = weight.to(x.dtype)
-        for start in range(0, n, chunk_rows):
-            rows = slice(start, min(start + chunk_rows, n))
-            losses[rows], lse[rows], _ = _chunk_losses(x[rows], w, targets[rows], softcap)
+        losses, lse = _all_losses(x, weight, targets, softcap, chunk_rows)
         ctx.save_for_backward(x, weight, targets, lse)
         ctx.softcap, ctx.chunk_rows = softcap, chunk_rows
         return losses
@@ -125,7 +120,7 @@ def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', not {reduction!r}")
     if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
-        losses = _losses_only(x, weight, targets, softcap, chunk_rows)
+        losses, _ = _all_losses(x, weight, targets, softcap, chunk_rows)
         return losses if reduction == "none" else losses.sum() / (targets >= 0).sum().clamp(min=1)
     if reduction == "mean":
         return _FusedMeanCrossEntropy.apply(x, weight, targets, softcap, chunk_rows)

@@ -111,3 +111,17 @@ def script(session, tokens, endless=False, delay=0.0):
     """Make the session's next reply these tokens (then <|assistant_end|>, unless endless)."""
     end = session.tokenizer.encode_special("<|assistant_end|>")
     session.engine = ScriptedEngine(tokens + ([] if endless else [end]), {end}, endless, delay)
+
+
+CHAT_TEXT = ["The capital of France is Paris. " * 20, "One plus one is two, and 12*3 is 36. " * 20]
+
+
+def tiny_chat_model(sequence_len: int):
+    """A depth-1 random model over a 300-token tokenizer trained (into the base dir) on ASCII text,
+    so accents and emoji stay raw bytes: for the chat views' tests, which check plumbing, not words."""
+    from nanochat.gpt import build_model, config_for_depth
+    from nanochat.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(CHAT_TEXT, vocab_size=300)
+    torch.manual_seed(0)
+    return build_model(config_for_depth(1, vocab_size=tokenizer.get_vocab_size(), sequence_len=sequence_len)), tokenizer

@@ -112,17 +112,12 @@ def jupyterlab(base_dir, tmp_path):
     import sys
     from dataclasses import asdict
 
-    import torch
-
     from nanochat.checkpoint import checkpoint_dir, save_checkpoint
-    from nanochat.gpt import build_model, config_for_depth
-    from nanochat.tokenizer import train_tokenizer
+    from tests.chat_models import tiny_chat_model
 
-    tokenizer = train_tokenizer(["The capital of France is Paris. " * 50, "Twelve times three is 36. " * 50], vocab_size=300)
-    torch.manual_seed(0)
-    config = config_for_depth(1, vocab_size=tokenizer.get_vocab_size(), sequence_len=512)
-    save_checkpoint(checkpoint_dir("base", 1), 1, build_model(config).state_dict(), None,
-                    {"config": asdict(config), "tokenizer": tokenizer.fingerprint()})
+    model, tokenizer = tiny_chat_model(sequence_len=512)
+    save_checkpoint(checkpoint_dir("base", 1), 1, model.state_dict(), None,
+                    {"config": asdict(model.config), "tokenizer": tokenizer.fingerprint()})
     root = tmp_path / "lab"
     root.mkdir()
     notebook = json.loads((Path(__file__).parent.parent / "notebooks" / "09_engine.ipynb").read_text())

@@ -3,21 +3,13 @@ as the training data renders it, stop on request, a full context refused before 
 import threading
 
 import pytest
-import torch
 
-from nanochat.gpt import build_model, config_for_depth
-from nanochat.tokenizer import train_tokenizer
 from nanochat.ui.session import ChatSession
-from tests.chat_models import script
-
-TEXT = ["The capital of France is Paris. " * 20, "One plus one is two, and 12*3 is 36. " * 20]
-
+from tests.chat_models import script, tiny_chat_model
 
 @pytest.fixture
 def session(base_dir):
-    tokenizer = train_tokenizer(TEXT, vocab_size=300)  # ASCII training text: accents and emoji stay raw bytes
-    torch.manual_seed(0)
-    model = build_model(config_for_depth(1, vocab_size=tokenizer.get_vocab_size(), sequence_len=128))
+    model, tokenizer = tiny_chat_model(sequence_len=128)
     return ChatSession(model, tokenizer, max_tokens=100)
 
 

@@ -4,27 +4,21 @@ import os
 from dataclasses import asdict
 
 import pytest
-import torch
 
 from nanochat import cli
 from nanochat.checkpoint import CheckpointError, checkpoint_dir, save_checkpoint
 from nanochat.engine import Engine
-from nanochat.gpt import build_model, config_for_depth
 from nanochat.tokenizer import get_tokenizer, train_tokenizer
 from nanochat.ui.session import Event
 from nanochat.ui.terminal import write_reply
-
-TEXT = ["The capital of France is Paris. " * 20, "One plus one is two, and 12*3 is 36. " * 20]
-
+from tests.chat_models import CHAT_TEXT, tiny_chat_model
 
 @pytest.fixture
 def trained(base_dir):
     """A base dir with a small tokenizer and a depth-1 'sft' checkpoint (random weights: we test plumbing)."""
-    tokenizer = train_tokenizer(TEXT, vocab_size=300)
-    torch.manual_seed(0)
-    config = config_for_depth(1, vocab_size=tokenizer.get_vocab_size(), sequence_len=128)
-    model = build_model(config)
-    save_checkpoint(checkpoint_dir("sft", 1), 5, model.state_dict(), None, {"config": asdict(config), "tokenizer": tokenizer.fingerprint()})
+    model, tokenizer = tiny_chat_model(sequence_len=128)
+    save_checkpoint(checkpoint_dir("sft", 1), 5, model.state_dict(), None,
+                    {"config": asdict(model.config), "tokenizer": tokenizer.fingerprint()})
     return model, tokenizer
 
 
@@ -72,7 +66,7 @@ def test_tool_calls_read_as_expression_equals_result():
 
 
 def test_no_checkpoint_is_a_clear_error(base_dir, capsys):
-    train_tokenizer(TEXT, vocab_size=300)
+    train_tokenizer(CHAT_TEXT, vocab_size=300)
     assert cli.main(["chat", "--prompt", "hi"]) == 2
     assert "no checkpoint under" in capsys.readouterr().err and get_tokenizer()
 

@@ -3,22 +3,14 @@ Stop stops it mid-reply, Clear and Regenerate, tool calls shown apart, model out
 import time
 
 import pytest
-import torch
 
-from nanochat.gpt import build_model, config_for_depth
-from nanochat.tokenizer import train_tokenizer
 from nanochat.ui.session import ChatSession
 from nanochat.ui.widget import ChatWidget
-from tests.chat_models import script
-
-TEXT = ["The capital of France is Paris. " * 20, "One plus one is two, and 12*3 is 36. " * 20]
-
+from tests.chat_models import script, tiny_chat_model
 
 @pytest.fixture
 def widget(base_dir):
-    tokenizer = train_tokenizer(TEXT, vocab_size=300)
-    torch.manual_seed(0)
-    model = build_model(config_for_depth(1, vocab_size=tokenizer.get_vocab_size(), sequence_len=256))
+    model, tokenizer = tiny_chat_model(sequence_len=256)
     return ChatWidget(ChatSession(model, tokenizer, max_tokens=100))
 
 

@@ -7,22 +7,14 @@ import time
 
 import httpx
 import pytest
-import torch
 
-from nanochat.gpt import build_model, config_for_depth
-from nanochat.tokenizer import train_tokenizer
 from nanochat.ui.session import ChatSession
 from nanochat.ui.web import BackgroundServer, create_app
-from tests.chat_models import script
-
-TEXT = ["The capital of France is Paris. " * 20, "One plus one is two, and 12*3 is 36. " * 20]
-
+from tests.chat_models import script, tiny_chat_model
 
 @pytest.fixture
 def make_server(base_dir):
-    tokenizer = train_tokenizer(TEXT, vocab_size=300)
-    torch.manual_seed(0)
-    model = build_model(config_for_depth(1, vocab_size=tokenizer.get_vocab_size(), sequence_len=256))
+    model, tokenizer = tiny_chat_model(sequence_len=256)
     servers = []
 
     def make(workers=1, reply="Paris is the capital.", endless=False, delay=0.0, **kwargs):
@@ -39,7 +31,7 @@ def make_server(base_dir):
         server.stop()
 
 
-def ask(url, text="hi", **settings):
+def ask(text="hi", **settings):
     return {"messages": [{"role": "user", "content": text}], **settings}
 
 
@@ -59,7 +51,7 @@ def test_the_page_health_and_a_streamed_reply(make_server):
         page = client.get(server.url + "/")
         assert page.status_code == 200 and "<title>nanochat</title>" in page.text
         assert client.get(server.url + "/health").json()["status"] == "ok"
-        events = list(stream_events(client, server.url, ask(server.url, "What is the capital of France?")))
+        events = list(stream_events(client, server.url, ask("What is the capital of France?")))
         stats = client.get(server.url + "/stats").json()
     texts = [e for _, e in events if e["type"] == "text"]
     assert "".join(e["text"] for e in texts) == "Paris is the capital of France."
@@ -83,13 +75,13 @@ BAD_REQUESTS = [
      400, "at most 32,000"),
     (json.dumps({"messages": [{"role": u, "content": "x"} for u in ["user", "assistant"] * 250 + ["user"]]}).encode(),
      400, "at most 500"),
-    (json.dumps(ask("", temperature=3)).encode(), 400, "temperature must be"),
-    (json.dumps(ask("", temperature="hot")).encode(), 400, "temperature must be"),
+    (json.dumps(ask(temperature=3)).encode(), 400, "temperature must be"),
+    (json.dumps(ask(temperature="hot")).encode(), 400, "temperature must be"),
     (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "temperature must be"),
-    (json.dumps(ask("", top_k=500)).encode(), 400, "top_k must be"),
-    (json.dumps(ask("", top_k=2.5)).encode(), 400, "top_k must be"),
-    (json.dumps(ask("", max_tokens=0)).encode(), 400, "max_tokens must be"),
-    (json.dumps(ask("", max_tokens=10**400)).encode(), 400, "max_tokens must be"),
+    (json.dumps(ask(top_k=500)).encode(), 400, "top_k must be"),
+    (json.dumps(ask(top_k=2.5)).encode(), 400, "top_k must be"),
+    (json.dumps(ask(max_tokens=0)).encode(), 400, "max_tokens must be"),
+    (json.dumps(ask(max_tokens=10**400)).encode(), 400, "max_tokens must be"),
     (b"x" * 300_000, 413, "larger than"),
 ]
 
@@ -110,19 +102,19 @@ def test_bad_requests_get_a_4xx_that_says_why_and_never_reach_a_model(make_serve
 def test_a_full_queue_answers_503_and_a_disconnect_frees_its_worker(make_server):
     server = make_server(workers=1, reply="la ", endless=True, delay=0.02, max_queue=1)
     first = httpx.Client(timeout=30)
-    response = first.send(first.build_request("POST", server.url + "/chat/completions", json=ask(server.url)),
+    response = first.send(first.build_request("POST", server.url + "/chat/completions", json=ask()),
                           stream=True)
     lines = response.iter_lines()
     assert next(line for line in lines if line.startswith("data: "))  # the only worker is streaming
     waiting = threading.Thread(target=lambda: httpx.post(server.url + "/chat/completions", timeout=60,
-                                                         json=ask(server.url, max_tokens=3)))
+                                                         json=ask(max_tokens=3)))
     waiting.start()  # the second request waits in the queue (of one)
     with httpx.Client(timeout=30) as client:
         deadline = time.time() + 10
         while client.get(server.url + "/stats").json()["queue"] < 1:
             assert time.time() < deadline
             time.sleep(0.05)
-        third = client.post(server.url + "/chat/completions", json=ask(server.url))
+        third = client.post(server.url + "/chat/completions", json=ask())
         assert third.status_code == 503 and third.headers["Retry-After"] and "queue is full" in third.json()["error"]
         response.close()  # the first client goes away mid-reply...
         first.close()
@@ -141,7 +133,7 @@ def test_tool_calls_stream_as_events_and_a_conversation_can_continue(make_server
     script(server.sessions[0], [special("<|python_start|>")] + tok.encode("12*3") + [special("<|python_end|>"),
            special("<|output_start|>")] + tok.encode("36") + [special("<|output_end|>")] + tok.encode(" so 36"))
     with httpx.Client(timeout=30) as client:
-        events = [e for _, e in stream_events(client, server.url, ask(server.url, "12*3?"))]
+        events = [e for _, e in stream_events(client, server.url, ask("12*3?"))]
         assert {"type": "tool_call", "text": "12*3"} in events and {"type": "tool_output", "text": "36"} in events
         parts = [{"type": "python", "text": "12*3"}, {"type": "python_output", "text": "36"},
                  {"type": "text", "text": " so 36"}]
@@ -168,7 +160,7 @@ def test_32_concurrent_clients_then_100_bad_requests_and_it_still_serves(make_se
     def client(i):
         try:
             with httpx.Client(timeout=60) as c:
-                events = [e for _, e in stream_events(c, server.url, ask(server.url, f"question {i}"))]
+                events = [e for _, e in stream_events(c, server.url, ask(f"question {i}"))]
             results.append("".join(e.get("text", "") for e in events))
         except Exception as e:  # noqa: BLE001 (counted, then asserted none)
             failures.append(repr(e))
@@ -186,7 +178,7 @@ def test_32_concurrent_clients_then_100_bad_requests_and_it_still_serves(make_se
     with httpx.Client(timeout=30) as c:
         statuses = [c.post(server.url + "/chat/completions", content=body).status_code for body in bad[:100]]
         assert len(statuses) == 100 and all(400 <= s < 500 for s in statuses), statuses
-        events = [e for _, e in stream_events(c, server.url, ask(server.url))]
+        events = [e for _, e in stream_events(c, server.url, ask())]
         assert events[-1]["type"] == "done"  # still serving
         stats = c.get(server.url + "/stats").json()
     assert stats["requests"] == 32 + 100 + 1 and stats["errors"] == 100 and stats["busy"] == 0

@@ -159,7 +159,6 @@ def create_app(sessions: list[ChatSession], max_queue: int = 16, limits: Limits 
         yield
 
     app = FastAPI(title="nanochat", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.pool, app.state.stats = pool, stats
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
