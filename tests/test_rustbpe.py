@@ -10,7 +10,7 @@ import regex
 import rustbpe
 import tiktoken
 
-import bpe_reference as ref
+from nanochat.checks import bpe as ref
 
 NANOCHAT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
 # The same regex written differently, so rustbpe runs it through fancy-regex (the general

@@ -1,4 +1,4 @@
-"""A small, slow, obviously correct byte-level BPE in pure Python, to check rustbpe against.
+"""A small, slow, obviously correct byte-level BPE in pure Python: the reference the checks and tests compare with.
 
 The textbook algorithm: split each text into chunks with the regex, then repeat
 "count every adjacent pair in every chunk, merge the most frequent one" until the
