@@ -36,7 +36,8 @@ from pathlib import Path
 
 from nanochat import common
 from nanochat.launch import StageFailed, execute, run_distributed
-from nanochat.stages import Stage, apply_and_validate, load_profile, parse_overrides, plan_stages, select_stages
+from nanochat.stages import (PipelineError, Stage, apply_and_validate, load_profile, parse_overrides, plan_stages,
+                             select_stages)
 
 
 AUTO_RESUME = "auto_resume"  # a training notebook that declares it continues from its last checkpoint
@@ -85,6 +86,23 @@ def is_complete(stage: Stage, run_dir: Path) -> bool:
     return (run_dir / f"{stage.name}.done").is_file() and (run_dir / f"{stage.name}.ipynb").is_file()
 
 
+def check_costs(all_stages, selected, profile) -> None:
+    """Print each selected training stage's paper cost; stop, before anything runs, if one would not fit."""
+    from nanochat.costs import profile_costs
+
+    names = {stage.name for stage in selected}
+    costs = [cost for cost in profile_costs(all_stages, profile) if cost.stage in names]
+    if costs:
+        print("on paper (nanochat/costs.py):")
+    for cost in costs:
+        print(f"  {cost.stage:<16} {cost.summary}")
+        if cost.memory:
+            print(f"  {'':<16} {cost.memory}")
+    problems = [cost.problem for cost in costs if cost.problem]
+    if problems:
+        raise PipelineError("; ".join(problems))
+
+
 def run(args) -> None:
     """nanochat run: plan, validate everything, then execute the stages in order."""
     profile = load_profile(args.profile)
@@ -116,6 +134,7 @@ def run(args) -> None:
                               if stage.parameters.get(AUTO_RESUME) else "")
             todo.append(stage)
         print(f"  {stage.name:<16} nproc {stage.nproc}  {status}")
+    check_costs(all_stages, stages, profile)
     if args.dry_run:
         return
 

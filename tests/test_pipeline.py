@@ -93,7 +93,8 @@ def test_profiles_are_the_documented_ones():
     speedrun = stages.load_profile("speedrun")["stages"]["05_pretrain"]
     assert speedrun["nproc"] == 8
     assert speedrun["parameters"] == {"depth": 20, "max_seq_len": 2048, "device_batch_size": 32,
-                                      "total_batch_size": 524288, "target_param_data_ratio": 20, "save_every": 1000}
+                                      "total_batch_size": 524288, "target_param_data_ratio": 20, "save_every": 1000,
+                                      "compile": True}
     for name in ("cpu", "speedrun", "d26", "d32"):  # long runs checkpoint as they go, so a killed one can continue
         assert stages.load_profile(name)["stages"]["05_pretrain"]["parameters"]["save_every"] > 0
     assert stages.load_profile("d26")["stages"]["05_pretrain"]["parameters"]["device_batch_size"] == 16
