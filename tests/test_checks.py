@@ -205,6 +205,13 @@ def test_causal_attention():
     fails(checks.check_causal_attention, attention_repeat, "h // (H // Hkv)")
     fails(checks.check_causal_attention, attention_unscaled, "1/sqrt(D)")
 
+    def without_the_diagonal(q, k, v):
+        T = q.size(2)
+        scores = q @ k.mT / q.size(-1) ** 0.5
+        return scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(-1), float("-inf")).softmax(-1) @ v
+
+    fails(checks.check_causal_attention, without_the_diagonal, "may attend to itself")
+
 
 def test_mlp():
     checks.check_mlp(lambda x, w1, w2: F.linear(F.relu(F.linear(x, w1)).square(), w2))
@@ -244,20 +251,29 @@ def test_muon_step():
         return muon_step
 
     checks.check_muon_step(step(True, True))
+
+    def in_place(p, grad, buf, lr, momentum):
+        buf.lerp_(grad, 1 - momentum)
+        return p - lr * newton_schulz(grad.lerp(buf, momentum), 5, dtype=torch.float32), buf
+
+    fails(checks.check_muon_step, in_place, "changed its input `buf` in place")
     fails(checks.check_muon_step, step(False, True), "Nesterov")
     fails(checks.check_muon_step, step(True, False), "tall", "sqrt(max(1, rows / cols))")
 
 
-def adamw(bias_correction=True, decoupled=True):
+def adamw(bias_correction=True, decoupled=True, eps_inside=False, decay_after=False, in_place=False):
     def adamw_step(p, grad, m, v, t, lr, betas, eps, wd):
-        if decoupled:
+        if in_place:
+            p.mul_(1 - lr * wd)
+        elif decoupled and not decay_after:
             p = p * (1 - lr * wd)
-        else:
+        elif not decoupled:
             grad = grad + wd * p
         m = betas[0] * m + (1 - betas[0]) * grad
         v = betas[1] * v + (1 - betas[1]) * grad ** 2
         mh, vh = (m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)) if bias_correction else (m, v)
-        return p - lr * mh / (vh.sqrt() + eps), m, v
+        p = p - lr * mh / ((vh + eps).sqrt() if eps_inside else vh.sqrt() + eps)
+        return (p * (1 - lr * wd) if decay_after else p), m, v
     return adamw_step
 
 
@@ -265,6 +281,9 @@ def test_adamw_step():
     checks.check_adamw_step(adamw())
     fails(checks.check_adamw_step, adamw(bias_correction=False), "1 - beta1**t")
     fails(checks.check_adamw_step, adamw(decoupled=False), "m")  # L2 changes m already
+    fails(checks.check_adamw_step, adamw(eps_inside=True), "eps=0.01", "eps goes outside the square root")
+    fails(checks.check_adamw_step, adamw(decay_after=True), "decay the weight first")
+    fails(checks.check_adamw_step, adamw(in_place=True), "changed its input `p` in place")
 
 
 # ---- 05 pretrain
@@ -341,7 +360,9 @@ def test_render_conversation():
     checks.check_render_conversation(render())
     fails(checks.check_render_conversation, render(supervise_user=True), "user's turns")
     fails(checks.check_render_conversation, render(supervise_end=False), "supervise <|assistant_end|>")
-    fails(checks.check_render_conversation, render(supervise_output=True), "tool's output")
+    fails(checks.check_render_conversation, render(supervise_output=True), "tool's output", "'<|output_start|>'")
+    verdict = fails(checks.check_render_conversation, render(supervise_user=True), "token 1, '<|user_start|>': expected mask 0")
+    assert "the user's turns" in verdict
 
 
 def test_inputs_and_targets():
@@ -458,6 +479,19 @@ def test_greedy_decode():
     fails(checks.check_greedy_decode, uncached, "kv_cache=cache")
     fails(checks.check_greedy_decode, refeeding, "3-token prompt")
 
+    @torch.no_grad()
+    def token_by_token_prefill(model, prompt, n):
+        cache = model.new_kv_cache(1, len(prompt) + n)
+        for token in prompt:
+            logits = model(torch.tensor([[token]]), kv_cache=cache)
+        out = []
+        for _ in range(n):
+            out.append(int(logits[0, -1].argmax()))
+            logits = model(torch.tensor([[out[-1]]]), kv_cache=cache)
+        return out
+
+    fails(checks.check_greedy_decode, token_by_token_prefill, "feed the whole prompt in ONE call")
+
 
 def test_sample_top_k():
     def sampler(top_k=True, temperature_on_probs=False):
@@ -472,9 +506,15 @@ def test_sample_top_k():
     fails(checks.check_sample_top_k, sampler(temperature_on_probs=True), "before the softmax")
     fails(checks.check_sample_top_k, lambda logits, k, t, g: int(logits.argmax()), "away from softmax")
 
+    def ignoring_the_generator(logits, k, temperature, generator):
+        values, ids = logits.topk(k)
+        return int(ids[torch.distributions.Categorical(logits=values / temperature).sample()])
+
+    fails(checks.check_sample_top_k, ignoring_the_generator, "the same seed gave different samples")
+
 
 def test_calculator():
-    from nanochat.engine import calculator
+    from nanochat.engine import _format, calculator
     checks.check_calculator(calculator)
 
     def with_eval(expression):
@@ -492,11 +532,17 @@ def test_calculator():
                         ast.Sub: lambda a, b: a - b}[type(node.op)](value(node.left), value(node.right))
             raise ValueError
         try:
-            return str(value(ast.parse(expression, mode="eval").body))
+            return _format(value(ast.parse(expression, mode="eval").body))
         except Exception:
             return None
 
     fails(checks.check_calculator, with_eval, "never eval()")
+
+    def unformatted(expression):
+        value = calculator(expression)
+        return None if value is None else str(float(value))
+
+    fails(checks.check_calculator, unformatted, "written '3.0'; training wrote '3'")
     fails(checks.check_calculator, without_signs, "'-7 * 6'")
 
 

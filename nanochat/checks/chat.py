@@ -24,28 +24,36 @@ CONVERSATIONS = [
 ]
 
 
-def _mistakes(tokenizer, messages, ids):
-    """What a mask looks like with each common mistake, for naming them."""
-    special = {tokenizer.encode_special(n): n for n in ("<|assistant_start|>", "<|assistant_end|>")}
-    right = tokenizer.render_conversation(messages)[1]
-    regions, inside, region = [], None, "other"
-    for token in ids:  # label each position: user / assistant_start / assistant_end / output / assistant / bos
-        name = tokenizer.id_to_token(token) if token >= tokenizer.get_vocab_size() - 9 else None
-        if name in ("<|user_start|>", "<|output_start|>"):
-            inside = name
-        regions.append(name or inside or "text")
-        if name in ("<|user_end|>", "<|output_end|>"):
-            inside = None
-    out = {}
-    out["the user's turns are what the model reads, not what it writes: mask them 0"] = [
-        1 if r in ("<|user_start|>", "<|user_end|>") else m for r, m in zip(regions, right)]
-    out["supervise <|assistant_end|>: the model must learn to end its turn (or it never stops)"] = [
-        0 if special.get(t) == "<|assistant_end|>" else m for t, m in zip(ids, right)]
-    out["<|assistant_start|> comes from the prompt (render_for_completion puts it there): mask it 0"] = [
-        1 if special.get(t) == "<|assistant_start|>" else m for t, m in zip(ids, right)]
-    out["the tool's output is written by the tool, not the model: mask <|output_start|>...<|output_end|> 0"] = [
-        1 if r in ("<|output_start|>", "<|output_end|>") else m for r, m in zip(regions, right)]
-    return out
+def _regions(tokenizer, ids) -> list[str]:
+    """What each token of a rendered conversation is: a special token's name, or the turn or part it sits in."""
+    first_special = tokenizer.get_vocab_size() - 9  # the 9 special tokens come last
+    labels, inside = [], "assistant text"
+    for token in ids:
+        name = tokenizer.id_to_token(token) if token >= first_special else None
+        if name in ("<|user_start|>", "<|output_start|>", "<|python_start|>"):
+            inside = {"<|user_start|>": "the user's turn", "<|output_start|>": "the tool's output",
+                      "<|python_start|>": "a tool call"}[name]
+        labels.append(name or inside)
+        if name in ("<|user_end|>", "<|output_end|>", "<|python_end|>"):
+            inside = "assistant text"
+    return labels
+
+
+MASK_HINTS = {  # what a wrong mask bit at a token of this kind means
+    "the user's turn": "the user's turns are what the model reads, not what it writes: mask them 0",
+    "<|user_start|>": "the user's turns, their markers included, are read, not written: mask 0",
+    "<|user_end|>": "the user's turns, their markers included, are read, not written: mask 0",
+    "<|assistant_end|>": "supervise <|assistant_end|>: the model must learn to end its turn (or it never stops)",
+    "<|assistant_start|>": "<|assistant_start|> comes from the prompt (render_for_completion puts it there): mask it 0",
+    "the tool's output": "the tool's output is written by the tool, not the model: mask it 0",
+    "<|output_start|>": "the tool's output, its <|output_start|>/<|output_end|> markers included, is not the model's: 0",
+    "<|output_end|>": "the tool's output, its <|output_start|>/<|output_end|> markers included, is not the model's: 0",
+    "a tool call": "the model writes its tool calls: mask them 1, markers <|python_start|>/<|python_end|> included",
+    "<|python_start|>": "the model writes its tool calls: mask them 1, markers <|python_start|>/<|python_end|> included",
+    "<|python_end|>": "the model writes its tool calls: mask them 1, markers <|python_start|>/<|python_end|> included",
+    "<|bos|>": "<|bos|> starts every row; nothing predicts it: mask 0",
+    "assistant text": "the assistant's text is what the model learns to write: mask 1",
+}
 
 
 def check_render_conversation(render_conversation) -> None:
@@ -60,8 +68,15 @@ def check_render_conversation(render_conversation) -> None:
         c.expect(list(got[0]), ids, f"{case}: the ids", "<|bos|>, then per user turn <|user_start|> text <|user_end|>, "
                  "per assistant turn <|assistant_start|> parts <|assistant_end|>; a python part is wrapped in "
                  "<|python_start|>..<|python_end|>, a python_output part in <|output_start|>..<|output_end|>")
-        c.expect(list(got[1]), mask, f"{case}: the mask", lambda g: mistake_named(g, _mistakes(tokenizer, messages, ids),
-                 "mask 1 on the assistant's text, its tool calls (with their markers) and <|assistant_end|>; 0 elsewhere"))
+        got_mask = list(got[1])
+        c.require(len(got_mask) == len(mask), case, f"the mask has {len(got_mask)} entries for {len(ids)} ids")
+        wrong = [i for i, (g, m) in enumerate(zip(got_mask, mask)) if g != m]
+        if wrong:
+            i, region = wrong[0], _regions(tokenizer, ids)[wrong[0]]
+            where = "" if region.startswith("<|") else f" in {region}"
+            c.fail(f"{case}: the mask", f"token {i}, {tokenizer.id_to_token(ids[i])!r}{where}: expected mask "
+                   f"{mask[i]}, got {got_mask[i]} ({len(wrong)} wrong bit(s) in all)", MASK_HINTS[region])
+        c.cases += 1
     c.passed("one and two exchanges, a tool call with its output")
 
 

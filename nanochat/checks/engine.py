@@ -46,10 +46,13 @@ def check_greedy_decode(greedy_decode) -> None:
         sizes = [size for size, _ in counting.calls]
         c.require(all(cached for _, cached in counting.calls), case,
                   "every forward call should pass kv_cache=cache (model.new_kv_cache(1, len(prompt) + max_tokens))")
+        right = [len(prompt)] + [1] * (n - 1)
         c.require(sizes[:1] == [len(prompt)] and all(s == 1 for s in sizes[1:]) and len(sizes) in (n, n + 1), case,
-                  f"tokens per forward call were {sizes}; with a KV cache that is {[len(prompt)] + [1] * (n - 1)}",
-                  "the cache holds the keys and values of everything seen: re-feeding the whole sequence "
-                  "recomputes (and re-appends) them")
+                  f"tokens per forward call were {sizes}; with a KV cache that is {right}",
+                  "prefill: feed the whole prompt in ONE call, so its keys and values are computed together"
+                  if sizes and sizes[0] < len(prompt) else
+                  "after the prefill feed only the newest token: the cache already holds the keys and values of "
+                  "everything before it (re-feeding recomputes and re-appends them)")
     c.passed("short and long prompts; the same tokens as the uncached model, one token per decode step")
 
 
@@ -61,6 +64,12 @@ def check_sample_top_k(sample_top_k) -> None:
         case = f"logits {logits.tolist()}, k={k}, temperature={temperature}"
         g = torch.Generator().manual_seed(0)
         samples = [int(c.call(logits.clone(), k, temperature, g, case=case)) for _ in range(draws)]
+        if k > 1:
+            again = torch.Generator().manual_seed(0)
+            replay = [int(c.call(logits.clone(), k, temperature, again, case=case)) for _ in range(50)]
+            c.require(replay == samples[:50], case, "the same seed gave different samples",
+                      "draw with the generator you are given: torch.multinomial(probs, 1, generator=generator), "
+                      "so a seed reproduces a reply")
         top = logits.topk(k).indices.tolist()
         outside = sorted(set(samples) - set(top))
         c.require(not outside, case, f"sampled ids {outside}, which are not among the top {k} ({top})",
@@ -84,20 +93,23 @@ HOSTILE = ["__import__('os').getpid()", "open('/etc/passwd').read()", "x + 1", "
 
 
 def check_calculator(calculator) -> None:
-    """calculator(expression) -> the value as a string for + - * / arithmetic, None for anything else."""
+    """calculator(expression) -> the value as training wrote it ("24", not "24.0"), None for anything but + - * /."""
     c = Checker(calculator)
-    for expression in EXPRESSIONS:
-        got = c.call(expression, case=repr(expression))
-        expected = float(reference_calculator(expression))
-        try:
-            ok = got is not None and math.isclose(float(got), expected, rel_tol=1e-9, abs_tol=1e-12)
-        except (TypeError, ValueError):
-            ok = False
-        c.require(ok, repr(expression), f"expected {reference_calculator(expression)}, got {got!r}",
-                  "walk ast.parse(expression, mode='eval'): numbers, + - * /, unary -, parentheses")
     for expression in HOSTILE:
         got = c.call(expression, case=repr(expression))
         c.require(got is None, repr(expression), f"expected None (refused), got {str(got)[:80]!r}",
                   "never eval() model-written text: allow only number constants, BinOp(+ - * /) and UnaryOp(-, +), "
                   "and refuse every other node (names, calls, attributes, ** since 9**9**9 never finishes) before computing")
+    for expression in EXPRESSIONS:
+        got = c.call(expression, case=repr(expression))
+        expected = reference_calculator(expression)
+        try:
+            value_right = got is not None and math.isclose(float(got), float(expected), rel_tol=1e-9, abs_tol=1e-12)
+        except (TypeError, ValueError):
+            value_right = False
+        c.require(value_right, repr(expression), f"expected {expected!r}, got {got!r}",
+                  "walk ast.parse(expression, mode='eval'): numbers, + - * /, unary -, parentheses")
+        c.require(got == expected, repr(expression), f"the value is right but written {got!r}; training wrote {expected!r}",
+                  "a whole number without '.0' (str(int(v)) when v.is_integer()), otherwise str(round(v, 10)): the model "
+                  "must read results in the format it was trained on")
     c.passed("arithmetic with floats and signs; imports, files, names, calls, attributes and ** refused")

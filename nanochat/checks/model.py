@@ -68,12 +68,15 @@ def check_causal_attention(causal_attention) -> None:
         mistakes = {
             "position t must not see positions after t: mask the scores above the diagonal with -inf before softmax":
                 scores.softmax(-1) @ v.repeat_interleave(groups, 1),
+            "a position may attend to itself: mask only strictly above the diagonal (triu(diagonal=1))":
+                scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(-1), float("-inf")).softmax(-1)
+                @ v.repeat_interleave(groups, 1),
             "scale the scores by 1/sqrt(D) (head_dim), so their spread does not grow with D":
                 (scores * D ** 0.5).masked_fill(~causal, float("-inf")).softmax(-1) @ v.repeat_interleave(groups, 1),
             "query head h shares key/value head h // (H // Hkv) (repeat_interleave), not h % Hkv (repeat)":
                 F.scaled_dot_product_attention(q, k.repeat(1, groups, 1, 1), v.repeat(1, groups, 1, 1), is_causal=True)}
         c.expect(got, expected, f"{case}: q {tuple(q.shape)}, k and v {tuple(k.shape)}",
-                 lambda g: mistake_named(g, mistakes if groups > 1 or T > 1 else {},
+                 lambda g: mistake_named(g, mistakes,
                                          "scores = q @ k^T / sqrt(D), -inf above the diagonal, softmax over keys, times v"))
     c.passed("one position, plain multi-head, grouped-query attention; causality, scale and head grouping")
 

@@ -9,6 +9,13 @@ def _randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
+def _unchanged(c, case, **tensors_and_copies):
+    """Fail if the learner changed an input in place (the task asks for new tensors)."""
+    for name, (tensor, copy) in tensors_and_copies.items():
+        c.require(torch.equal(tensor, copy), case, f"your function changed its input `{name}` in place",
+                  "return new tensors (p - ..., buf.lerp(...)) instead of p.sub_(...), buf.lerp_(...)")
+
+
 def check_newton_schulz(orthogonalise) -> None:
     """orthogonalise(G, steps) -> ~U V^T for G = U S V^T, by the quintic iteration with NS_COEFFS (fp32)."""
     c = Checker(orthogonalise)
@@ -48,7 +55,9 @@ def check_muon_step(muon_step) -> None:
                         ((8, 32), "a wide 8x32 weight")]:
         p, grad, buf = _randn(*shape, seed=1), _randn(*shape, seed=2), _randn(*shape, seed=3) * 0.5
         lr, momentum = 0.02, 0.95
-        got = c.call(p.clone(), grad.clone(), buf.clone(), lr, momentum, case=case)
+        given = (p.clone(), grad.clone(), buf.clone())
+        got = c.call(*given, lr, momentum, case=case)
+        _unchanged(c, case, p=(given[0], p), grad=(given[1], grad), buf=(given[2], buf))
         expected = reference_muon_step(p, grad, buf, lr, momentum)
         new_buf = buf.lerp(grad, 1 - momentum)
         scale = max(1.0, shape[0] / shape[1]) ** 0.5
@@ -64,32 +73,45 @@ def check_muon_step(muon_step) -> None:
         c.expect(got[1], expected[1], f"{case}: the new momentum buffer",
                  "buf = momentum * buf + (1 - momentum) * grad", atol=1e-4)
         c.expect(got[0], expected[0], f"{case}: the new parameter", lambda g: mistake_named(g, mistakes,
-                 "update = orthogonalise(grad.lerp(buf, momentum)); p - lr * sqrt(max(1, rows/cols)) * update"), atol=1e-4)
+                 "update = orthogonalise(grad.lerp(buf, momentum)); p - lr * sqrt(max(1, rows/cols)) * update "
+                 "(this uses your orthogonalise: make its check pass first)"), atol=1e-4)
     c.passed("square, tall and wide weights; the momentum buffer, Nesterov's look-ahead and the shape scale")
 
 
 def check_adamw_step(adamw_step) -> None:
     """adamw_step(p, grad, m, v, t, lr, betas, eps, weight_decay) -> (p, m, v) after step t (1, 2, ...)."""
     c = Checker(adamw_step)
-    lr, betas, eps, wd = 0.01, (0.8, 0.95), 1e-8, 0.1
+    betas = (0.8, 0.95)
     p, m, v = _randn(5, 3, seed=1), torch.zeros(5, 3), torch.zeros(5, 3)
-    for t in range(1, 4):
-        grad = _randn(5, 3, seed=10 + t)
+    # three steps in a row, then a step where eps matters (tiny gradients, large eps) and one with a large lr * wd
+    settings = [(0.01, 1e-8, 0.1, 1.0), (0.01, 1e-8, 0.1, 1.0), (0.01, 1e-8, 0.1, 1.0), (0.01, 1e-2, 0.1, 1e-3),
+                (0.2, 1e-8, 0.5, 1.0)]
+    for t, (lr, eps, wd, grad_scale) in enumerate(settings, start=1):
+        grad = _randn(5, 3, seed=10 + t) * grad_scale
         state = {"step": t - 1, "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
         expected_p = p.clone()
         adamw_update(expected_p, grad, state, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": wd})
-        case = f"step t={t} (lr={lr}, betas={betas}, weight_decay={wd})"
-        got = c.call(p.clone(), grad.clone(), m.clone(), v.clone(), t, lr, betas, eps, wd, case=case)
+        case = f"step t={t} (lr={lr}, betas={betas}, eps={eps}, weight_decay={wd}, gradients of size ~{grad_scale})"
+        inputs = {"p": p.clone(), "grad": grad.clone(), "m": m.clone(), "v": v.clone()}
+        given = (p.clone(), grad.clone(), m.clone(), v.clone())
+        got = c.call(*given, t, lr, betas, eps, wd, case=case)
+        _unchanged(c, case, **{name: (x, inputs[name]) for name, x in zip(inputs, given)})
         c.require(isinstance(got, tuple) and len(got) == 3, case, "expected a triple (p, m, v)")
         m1, v1 = m.lerp(grad, 1 - betas[0]), v * betas[1] + (1 - betas[1]) * grad ** 2
-        no_correction = p * (1 - lr * wd) - lr * m1 / (v1.sqrt() + eps)
+        mh, vh = m1 / (1 - betas[0] ** t), v1 / (1 - betas[1] ** t)
         l2 = p - lr * (m.lerp(grad + wd * p, 1 - betas[0]) / (1 - betas[0] ** t)) / (
             (v * betas[1] + (1 - betas[1]) * (grad + wd * p) ** 2).sqrt() / (1 - betas[1] ** t) ** 0.5 + eps)
+        mistakes = {
+            "divide m by (1 - beta1**t) and v by (1 - beta2**t): both start at 0, so early averages are too small":
+                p * (1 - lr * wd) - lr * m1 / (v1.sqrt() + eps),
+            "decoupled weight decay shrinks the weight, p *= 1 - lr * wd; it is not added to the gradient (that is L2)": l2,
+            "apply the decoupled weight decay: p *= 1 - lr * weight_decay, before the Adam step": p - lr * mh / (vh.sqrt() + eps),
+            "decay the weight first, then take the Adam step (p *= 1 - lr*wd; p -= ...), not the other way round":
+                (p - lr * mh / (vh.sqrt() + eps)) * (1 - lr * wd),
+            "eps goes outside the square root: sqrt(v_hat) + eps": p * (1 - lr * wd) - lr * mh / (vh + eps).sqrt()}
         c.expect(got[1], state["exp_avg"], f"{case}: m", "m = beta1 * m + (1 - beta1) * grad", atol=1e-5)
         c.expect(got[2], state["exp_avg_sq"], f"{case}: v", "v = beta2 * v + (1 - beta2) * grad**2", atol=1e-5)
-        c.expect(got[0], expected_p, f"{case}: p", lambda g: mistake_named(g, {
-            "divide m by (1 - beta1**t) and v by (1 - beta2**t): both start at 0, so early averages are too small": no_correction,
-            "decoupled weight decay shrinks the weight, p *= 1 - lr * wd; it is not added to the gradient (that is L2)": l2},
-            "p *= 1 - lr*wd; p -= lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)"), atol=1e-5)
+        c.expect(got[0], expected_p, f"{case}: p", lambda g: mistake_named(g, mistakes,
+                 "p *= 1 - lr*wd; p -= lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)"), atol=1e-6)
         p, m, v = expected_p, state["exp_avg"], state["exp_avg_sq"]
-    c.passed("three steps in a row: both moments, bias correction, decoupled weight decay")
+    c.passed("five steps in a row: both moments, bias correction, eps outside the root, decoupled weight decay first")
