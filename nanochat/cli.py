@@ -39,6 +39,14 @@ def add_run(commands) -> None:
     r.add_argument("--dist-timeout", type=float, default=600.0, metavar="S",
                    help="process-group timeout for torchrun stages, as NANOCHAT_DIST_TIMEOUT (default: %(default)s)")
     r.add_argument("--dry-run", action="store_true", help="validate and show the plan, run nothing")
+    nodes = r.add_argument_group("several nodes (torchrun's rendezvous; one base dir shared by all nodes)")
+    nodes.add_argument("--nnodes", type=int, default=1, metavar="N", help="nodes in the run (default: %(default)s)")
+    nodes.add_argument("--node-rank", type=int, default=0, metavar="R", help="this node's rank, 0..N-1")
+    nodes.add_argument("--master-addr", default="127.0.0.1", metavar="HOST", help="node 0's address")
+    nodes.add_argument("--master-port", type=int, default=29500, metavar="PORT",
+                       help="node 0's port; the run also uses the next 100 (default: %(default)s)")
+    nodes.add_argument("--nproc-per-node", type=int, metavar="K", help="ranks per node for every distributed stage "
+                                                                       "(default: the profile's nproc)")
 
 
 def add_report(commands) -> None:

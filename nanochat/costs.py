@@ -26,6 +26,10 @@ class StageCost:
 
 def _value(stage, name, default=None):
     """A parameter as the stage will see it: the profile's value, else the notebook's default."""
+    from nanochat.stages import declared_parameters
+
+    if not stage.declared and stage.notebook is not None:  # a stage outside --only/--from: not validated
+        stage.declared = declared_parameters(stage.notebook)
     return stage.parameters.get(name, stage.declared.get(name, default))
 
 

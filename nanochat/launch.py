@@ -152,7 +152,8 @@ def run_rank(argv: list[str]) -> int:
                 on_cell_error=lambda **kwargs: failed_at.append(time.time()))
         return 0
     except StageFailed as e:
-        error = {"rank": rank, "time": failed_at[0] if failed_at else time.time(), "message": str(e)}
+        error = {"rank": rank, "node": int(os.environ.get("GROUP_RANK", 0)), "host": socket.gethostname(),
+                 "time": failed_at[0] if failed_at else time.time(), "message": str(e)}
         common.atomic_write(error_path(args.output.parent, args.notebook.stem, rank), json.dumps(error))
         stderr.write(f"failed: {str(e).splitlines()[0]} (the cell and traceback follow at the end)\n")
         return 1
@@ -187,13 +188,20 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
             continue
 
 
-def run_distributed(stage: Stage, executed: Path, dist_timeout: float) -> None:
-    """Start the stage's ranks with torchrun and wait; on failure show the root-cause rank."""
+def run_distributed(stage: Stage, executed: Path, dist_timeout: float, cluster=None, stage_index: int = 0) -> None:
+    """Start this node's ranks of the stage with torchrun and wait; on failure show the root-cause rank.
+
+    With several nodes (nanochat/cluster.py) every node runs this for the same stage; a rank that
+    fails anywhere leaves its error file in the shared run folder, and each node stops its own
+    ranks when it sees one, instead of waiting in a collective for a peer that is gone.
+    """
+    from nanochat.cluster import Cluster
+
+    cluster = cluster or Cluster()
     for stale in executed.parent.glob(f"{stage.name}.rank*.error"):
         stale.unlink()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+    cmd = [sys.executable, "-m", "torch.distributed.run", *cluster.rendezvous_args(stage_index),
            "--nproc_per_node", str(stage.nproc), "--max_restarts", "0",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "nanochat.launch", "_rank", str(stage.notebook), "--output", str(executed),
            "--parameters", json.dumps(stage.parameters)]
     if stage.cell_timeout:
@@ -203,20 +211,29 @@ def run_distributed(stage: Stage, executed: Path, dist_timeout: float) -> None:
     env.setdefault("OMP_NUM_THREADS", "1")
     # its own process group, so that everything it started can be stopped together
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    errors_of = lambda: executed.parent.glob(f"{stage.name}.rank*.error")  # noqa: E731
     try:
-        returncode = proc.wait()
+        seen_error_at = None
+        while (returncode := proc.poll()) is None:
+            time.sleep(0.5)
+            if seen_error_at is None and any(errors_of()):
+                seen_error_at = time.time()  # a rank failed, on this node or another
+            if seen_error_at is not None and time.time() - seen_error_at > 3:
+                break  # its peers may wait in a collective forever: stop them
     finally:
         stop_process_group(proc)
+    returncode = proc.wait() if returncode is None else returncode
     if returncode != 0:
-        errors = sorted((json.loads(p.read_text()) for p in
-                         executed.parent.glob(f"{stage.name}.rank*.error")), key=lambda e: e["time"])
+        errors = sorted((json.loads(p.read_text()) for p in errors_of()), key=lambda e: e["time"])
         if not errors:
             raise StageFailed(f"torchrun exited with code {returncode} before any rank reported "
                               f"an error (see its output above)")
+        world = stage.nproc * cluster.nnodes
+        where = lambda e: f" (node {e['node']}, {e['host']})" if cluster.multi_node else ""  # noqa: E731
         first, *others = errors
-        message = f"rank {first['rank']} of {stage.nproc} failed first: {first['message']}"
+        message = f"rank {first['rank']} of {world}{where(first)} failed first: {first['message']}"
         for other in others:  # usually a consequence: a collective lost its peer
-            message += f"\n(rank {other['rank']} failed after it: {other['message'].splitlines()[0]})"
+            message += f"\n(rank {other['rank']}{where(other)} failed after it: {other['message'].splitlines()[0]})"
         raise StageFailed(message)
 
 

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from nanochat import common
+from nanochat.cluster import Cluster
 from nanochat.launch import StageFailed, execute, run_distributed
 from nanochat.stages import (PipelineError, Stage, apply_and_validate, load_profile, parse_overrides, plan_stages,
                              select_stages)
@@ -48,7 +49,8 @@ def without_resume(parameters: dict) -> dict:
     return {k: v for k, v in parameters.items() if k != AUTO_RESUME}
 
 
-def run_stage(stage: Stage, run_dir: Path, dist_timeout: float) -> float:
+def run_stage(stage: Stage, run_dir: Path, dist_timeout: float, cluster: Cluster | None = None,
+              stage_index: int = 0, distributed: bool | None = None) -> float:
     """Execute one stage (1 process or torchrun) and mark it complete; returns wall seconds.
 
     The attempt is written beside the last good result (NN_name.running.ipynb) and replaces it
@@ -58,16 +60,18 @@ def run_stage(stage: Stage, run_dir: Path, dist_timeout: float) -> float:
     attempt = run_dir / f"{stage.name}.running.ipynb"
     t0 = time.time()
     try:
-        if stage.nproc == 1:
+        if not (stage.nproc > 1 if distributed is None else distributed):
             execute(stage.notebook, attempt, stage.parameters, stage.cell_timeout,
                     stdout=sys.stdout, stderr=sys.stderr)
         else:
-            run_distributed(stage, attempt, dist_timeout)
+            run_distributed(stage, attempt, dist_timeout, cluster, stage_index)
     except BaseException:
         if attempt.exists():
             attempt.replace(failed_notebook(stage, run_dir))
         raise
     wall = time.time() - t0
+    if cluster is not None and not cluster.is_leader:
+        return wall  # node 0 holds global rank 0: it writes the notebook and the marker
     done = {"stage": stage.name, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             "wall_time_s": round(wall, 3), "nproc": stage.nproc, "parameters": stage.parameters}
     common.publish(attempt, run_dir / f"{stage.name}.ipynb")  # the notebook first: a marker never points at nothing
@@ -111,15 +115,21 @@ def run(args) -> None:
     apply_and_validate(stages, parse_overrides(args.param or []), all_stages)
     from nanochat import report  # imports torch: only once the input is known to be good
 
+    cluster = Cluster(args.nnodes, args.node_rank, args.master_addr, args.master_port, args.nproc_per_node)
+    cluster.validate()
     for stage in stages:
         if args.cell_timeout is not None:
             stage.cell_timeout = args.cell_timeout
+    distributed = {stage.name for stage in stages if stage.nproc > 1}  # torchrun stages, whatever --nproc-per-node says
+    for stage in stages:
+        if cluster.nproc_per_node and stage.name in distributed:
+            stage.nproc = cluster.nproc_per_node
         if AUTO_RESUME in stage.declared and AUTO_RESUME not in stage.parameters and not args.force:
             stage.parameters[AUTO_RESUME] = True  # a training stage killed mid-way continues from its checkpoint
     run_dir = Path(common.run_dir(args.run or profile["name"]))
 
     print(f"nanochat run: profile {profile['name']} ({profile['profile']['description']}), "
-          f"run folder {run_dir}")
+          f"run folder {run_dir}" + (f", node {cluster.node_rank} of {cluster.nnodes}" if cluster.multi_node else ""))
     todo = []
     for stage in stages:
         if stage.notebook is None:
@@ -139,17 +149,30 @@ def run(args) -> None:
         return
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cluster.multi_node:
+        cluster.connect(run_dir, [stage.name for stage in todo])  # one shared base dir, one plan, or stop here
     fresh = not any(run_dir.glob("*.done")) or (args.force and stages and stages[0] is all_stages[0])
-    if fresh:
+    if fresh and cluster.is_leader:
         report.reset(profile)
     for stage in todo:
-        print(f"\n=== {stage.name}: {stage.notebook}  (nproc {stage.nproc}) ===", flush=True)
+        alone = stage.name not in distributed
+        if cluster.multi_node and alone and not cluster.is_leader:
+            print(f"\n=== {stage.name}: runs on node 0 alone; waiting for it ===", flush=True)
+            cluster.wait_for_leader(stage.name)
+            continue
+        print(f"\n=== {stage.name}: {stage.notebook}  (nproc {stage.nproc}"
+              + (f" x {cluster.nnodes} nodes" if cluster.multi_node and not alone else "") + ") ===", flush=True)
         try:
-            wall = run_stage(stage, run_dir, args.dist_timeout)
+            wall = run_stage(stage, run_dir, args.dist_timeout, cluster, all_stages.index(stage), not alone)
         except StageFailed as e:
+            if alone:
+                cluster.finished_alone(stage.name, ok=False)
             kept = " (the last good run's notebook and marker are kept)" if is_complete(stage, run_dir) else ""
             raise StageFailed(f"stage {stage.name} failed; its executed notebook: "
                               f"{failed_notebook(stage, run_dir)}{kept}\n{e}") from None
+        if alone:
+            cluster.finished_alone(stage.name, ok=True)
         print(f"=== {stage.name}: done in {wall:.1f}s ===", flush=True)
-    path = report.generate(run_dir=run_dir)
-    print(f"\nreport card: {path}")
+    if cluster.is_leader:
+        path = report.generate(run_dir=run_dir)
+        print(f"\nreport card: {path}")

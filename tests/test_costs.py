@@ -112,3 +112,9 @@ def test_the_dry_run_prints_the_costs_and_refuses_what_would_not_fit(capsys):
     assert "05_pretrain would not fit" in err and "set compile = true" in err
     assert cli.main(["run", "--profile", "d26", "--dry-run", "--only", "05", "-p", "device_batch_size=32"]) == 2
     assert "halve device_batch_size" in capsys.readouterr().err
+
+
+def test_a_later_stage_alone_is_costed_with_the_depth_pretraining_sets(capsys):
+    """--only 07: stage 05 is not selected (nor validated), but its depth is the model 07 fine-tunes."""
+    assert cli.main(["run", "--profile", "speedrun", "--dry-run", "--only", "07"]) == 0
+    assert "07_sft           d20, 561M parameters" in capsys.readouterr().out
