@@ -14,6 +14,7 @@ MASTER_PORT + 1 + i. A failed rank leaves its error file in the shared run folde
 runner watches for those and stops its own ranks within seconds.
 """
 import json
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ from nanochat import common
 from nanochat.stages import PipelineError
 
 STORE_TIMEOUT = timedelta(hours=24)  # node 1 waits this long for node 0's single-process stages at most
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for torchrun's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 
 @dataclass
@@ -56,8 +65,6 @@ class Cluster:
 
     def rendezvous_args(self, stage_index: int) -> list[str]:
         """torchrun's node arguments for distributed stage number stage_index."""
-        from nanochat.launch import free_port
-
         if not self.multi_node:
             return ["--nnodes", "1", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
         return ["--nnodes", str(self.nnodes), "--node_rank", str(self.node_rank), "--master_addr", self.master_addr,

@@ -167,13 +167,6 @@ def error_path(folder: Path, stage_name: str, rank: int) -> Path:
     return folder / f"{stage_name}.rank{rank}.error"
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now, for torchrun's rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
     """SIGTERM a process group, and SIGKILL it if it is still there after grace_s."""
     for sig in (signal.SIGTERM, signal.SIGKILL):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import base_dirs
-from nanochat.launch import free_port
+from nanochat.cluster import free_port
 from test_chat_stages import SMALL, chat_inputs  # noqa: F401 - the fixture: a tokenizer and a random d1 base model
 from test_pipeline import notebooks, profile
 
