@@ -57,6 +57,10 @@ def contract_problems(notebook: Path) -> list[str]:
         problems.append("print( found: use print0 so N ranks do not print N copies")
     if any(re.search(r"report\.write_section|destroy_distributed|init_distributed", text) for text in code):
         problems.append("a notebook leaves the report section and the process group to start_stage/finish")
+    ending = source(all_cells[-1]) if all_cells and all_cells[-1]["cell_type"] == "markdown" else ""
+    for part in ("## What you learned", "**Next:**", "**Try this**", f"exercises/{name}.ipynb"):
+        if part not in ending:
+            problems.append(f"the last cell should be the ending (What you learned, Next, Try this, Exercises): no {part}")
     return problems
 
 
@@ -84,5 +88,5 @@ def test_the_checker_catches_a_broken_notebook(tmp_path):
     broken.write_text(json.dumps(nb))
     problems = " | ".join(contract_problems(broken))
     for expected in ("markdown title", "**Reads**", "2 cells are tagged", "outputs are committed",
-                     "stage.finish", "print( found"):
+                     "stage.finish", "print( found", "no ## What you learned"):
         assert expected in problems
