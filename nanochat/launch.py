@@ -191,8 +191,10 @@ def run_distributed(stage: Stage, executed: Path, dist_timeout: float, cluster=N
     from nanochat.cluster import Cluster
 
     cluster = cluster or Cluster()
-    for stale in executed.parent.glob(f"{stage.name}.rank*.error"):
-        stale.unlink()
+    started = time.time()
+    if cluster.is_leader:  # another node's fresh error must survive this node's late start
+        for stale in executed.parent.glob(f"{stage.name}.rank*.error"):
+            stale.unlink()
     cmd = [sys.executable, "-m", "torch.distributed.run", *cluster.rendezvous_args(stage_index),
            "--nproc_per_node", str(stage.nproc), "--max_restarts", "0",
            "-m", "nanochat.launch", "_rank", str(stage.notebook), "--output", str(executed),
@@ -204,12 +206,17 @@ def run_distributed(stage: Stage, executed: Path, dist_timeout: float, cluster=N
     env.setdefault("OMP_NUM_THREADS", "1")
     # its own process group, so that everything it started can be stopped together
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    errors_of = lambda: executed.parent.glob(f"{stage.name}.rank*.error")  # noqa: E731
+
+    def errors_of() -> list[dict]:
+        """This attempt's rank errors (older files: an earlier attempt; 5 s of slack for other nodes' clocks)."""
+        found = [json.loads(path.read_text()) for path in executed.parent.glob(f"{stage.name}.rank*.error")]
+        return sorted((e for e in found if e["time"] >= started - 5), key=lambda e: e["time"])
+
     try:
         seen_error_at = None
         while (returncode := proc.poll()) is None:
             time.sleep(0.5)
-            if seen_error_at is None and any(errors_of()):
+            if seen_error_at is None and errors_of():
                 seen_error_at = time.time()  # a rank failed, on this node or another
             if seen_error_at is not None and time.time() - seen_error_at > 3:
                 break  # its peers may wait in a collective forever: stop them
@@ -217,7 +224,7 @@ def run_distributed(stage: Stage, executed: Path, dist_timeout: float, cluster=N
         stop_process_group(proc)
     returncode = proc.wait() if returncode is None else returncode
     if returncode != 0:
-        errors = sorted((json.loads(p.read_text()) for p in errors_of()), key=lambda e: e["time"])
+        errors = errors_of()
         if not errors:
             raise StageFailed(f"torchrun exited with code {returncode} before any rank reported "
                               f"an error (see its output above)")

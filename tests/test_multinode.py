@@ -42,12 +42,15 @@ def finish(procs, timeout=600) -> list[tuple[int, str]]:
 def test_two_nodes_share_one_stage(tmp_path, base_dir):
     nbs = notebooks(tmp_path, "01_first", "03_allreduce")
     prof = profile(tmp_path, {"03_allreduce": {"nproc": 2, "parameters": {"scale": 2.0}}})
+    run_dir = Path(base_dir) / "runs" / "nodes"
+    run_dir.mkdir(parents=True)  # an error left by an earlier, failed attempt must not stop this one
+    (run_dir / "03_allreduce.rank1.error").write_text(json.dumps({"rank": 1, "node": 1, "host": "h", "time": 0.0,
+                                                                  "message": "an old failure"}))
     (code0, out0), (code1, out1) = finish(start_nodes(tmp_path, ["--profile", prof, "--run", "nodes", "--notebooks", nbs],
                                                       [base_dir, base_dir], free_port()))
     assert code0 == 0 and code1 == 0, out0 + out1
     assert "=== 01_first: runs on node 0 alone; waiting for it ===" in out1  # single-process stages: node 0 only
     assert "rank 0 of 2 joined" in out0 and "rank 1 of 2 joined" in out1
-    run_dir = Path(base_dir) / "runs" / "nodes"
     assert sorted(p.name for p in run_dir.glob("*.ipynb")) == ["01_first.ipynb", "03_allreduce.ipynb"]  # one notebook each
     executed = (run_dir / "03_allreduce.ipynb").read_text()
     assert "contributions=[2.0, 4.0] all_reduce_total=6.0" in executed  # node 1's rank did its part
