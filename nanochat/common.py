@@ -230,8 +230,13 @@ def init_distributed(device: str | None = None, timeout_s: float | None = None) 
 
 
 def destroy_distributed() -> None:
-    """Leave the process group cleanly at the end of a stage."""
+    """Leave the process group cleanly at the end of a stage.
+
+    The barrier first: every rank leaves together, so no rank tears its connections down while a
+    peer still sends on them (gloo then aborts the process: "terminate called without an active
+    exception", seen once in CI at the end of a 2-rank test)."""
     if group := _process_group():
+        group.barrier()
         group.destroy_process_group()
 
 
