@@ -395,8 +395,8 @@ def test_gsm8k_parts():
 
 
 def test_pack_padded_row():
-    from nanochat.checks.chat import reference_pack_padded_row
-    checks.check_pack_padded_row(reference_pack_padded_row)
+    from nanochat.checks.data import reference_pack_row
+    checks.check_pack_padded_row(lambda docs, row_len, pad_id: reference_pack_row(docs, row_len, pad_id))
 
     def cropping(docs, row_len, pad_id):
         return pack_crop_longest(docs, row_len)

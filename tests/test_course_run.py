@@ -14,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from nanochat.checkpoint import complete_steps
 from nanochat.stages import NOTEBOOKS_DIR
+from test_pipeline import leftover_kernels
 
 STAGES = sorted(p.stem for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 COMMAND = [sys.executable, "-m", "nanochat.cli", "run", "--profile", "tiny", "-p", "05_pretrain.save_every=10"]
@@ -43,23 +43,12 @@ def kill(proc):
     proc.wait()
 
 
-def kernels_of(tag):
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if "ipykernel" in " ".join(p.info["cmdline"] or []) and p.environ().get("NANOCHAT_TEST_TAG") == tag:
-                found.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-    return found
-
-
 def no_kernels_left(tag, within=15.0):
     """A kernel whose runner died must not keep training: it would race the rerun for the same files."""
     deadline = time.time() + within
-    while kernels_of(tag) and time.time() < deadline:
+    while leftover_kernels(tag) and time.time() < deadline:
         time.sleep(0.5)
-    return not kernels_of(tag)
+    return not leftover_kernels(tag)
 
 
 def notebook_text(path: Path) -> str:

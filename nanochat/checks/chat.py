@@ -5,9 +5,9 @@ import random
 import torch
 import torch.nn.functional as F
 
+from nanochat.checks.data import reference_pack_row
 from nanochat.checks.tokenizer import small_tokenizer
 from nanochat.checks.verdict import Checker, mistake_named
-from nanochat.dataloader import DocumentBuffer
 from nanochat.tasks.gsm8k import answer_parts
 
 CONVERSATIONS = [
@@ -121,17 +121,6 @@ def check_gsm8k_parts(gsm8k_parts) -> None:
     c.passed("two calculations, one at the very start, none at all, two back to back")
 
 
-def reference_pack_padded_row(docs, row_len, pad_id):
-    """Best fit without cropping: the largest document that fits, until none does; then pad."""
-    buffer = DocumentBuffer()
-    for i, doc in enumerate(docs):
-        buffer.add((0, i), doc, len(doc))
-    row = []
-    while (found := buffer.pop_largest_fitting(row_len - len(row))) is not None:
-        row.extend(found[1])
-    return row + [pad_id] * (row_len - len(row)), [docs[pos] for _, pos in sorted(buffer.docs)]
-
-
 def check_pack_padded_row(pack_padded_row) -> None:
     """pack_padded_row(docs, row_len, pad_id) -> (row, docs left): best fit, no document split, padding at the end."""
     c = Checker(pack_padded_row)
@@ -142,7 +131,7 @@ def check_pack_padded_row(pack_padded_row) -> None:
                                    (rng.sample(range(1, 40), 10), 48, "10 random lengths, row_len 48")]:
         docs = [[100 * (i + 1) + j for j in range(n)] for i, n in enumerate(lengths)]
         got = c.call([list(d) for d in docs], row_len, -7, case=case)
-        row, left = reference_pack_padded_row(docs, row_len, -7)
+        row, left = reference_pack_row(docs, row_len, pad_id=-7)
         c.require(isinstance(got, tuple) and len(got) == 2, case, "expected a pair (row, docs_left)")
         c.require(len(got[0]) == row_len, case, f"the row has {len(got[0])} ids, expected {row_len}: pad it with pad_id")
         c.expect(list(got[0]), row, f"{case} (pad_id -7)", lambda g: (

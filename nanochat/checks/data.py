@@ -26,17 +26,23 @@ def check_rank_row_groups(rank_row_groups) -> None:
     c.passed("one rank, several ranks, resuming from a start that is not a multiple of world_size")
 
 
-def reference_pack_row(docs: list[list[int]], row_len: int) -> tuple[list[int], list[list[int]]]:
-    """The loader's best-fit packing of one row, through its own DocumentBuffer."""
+def reference_pack_row(docs: list[list[int]], row_len: int, pad_id: int | None = None) -> tuple[list[int], list[list[int]]]:
+    """The loader's best-fit packing of one row, through its own DocumentBuffer: (row, documents left).
+
+    pad_id None: crop the shortest document when nothing fits (pretraining); else pad instead (SFT).
+    """
     buffer = DocumentBuffer()
     for i, doc in enumerate(docs):
         buffer.add((0, i), doc, len(doc))
     row = []
     while len(row) < row_len:
-        found = buffer.pop_largest_fitting(row_len - len(row)) or buffer.pop_shortest()
+        found = buffer.pop_largest_fitting(row_len - len(row))
+        if found is None and pad_id is not None:
+            row += [pad_id] * (row_len - len(row))
+            break
+        found = found or buffer.pop_shortest()
         row.extend(found[1][:row_len - len(row)])
-    left = [docs[group_pos[1]] for group_pos in sorted(buffer.docs)]
-    return row, left
+    return row, [docs[pos] for _, pos in sorted(buffer.docs)]
 
 
 def _first_fit(docs, row_len):
