@@ -63,7 +63,7 @@ import pyarrow as pa
 import torch
 
 from nanochat.common import get_rank, get_world_size
-from nanochat.dataset import iter_row_groups, open_shard, split_files
+from nanochat.dataset import count_row_groups, iter_row_groups, split_files
 
 DocId = tuple[int, int]  # (global row-group index, position of the document inside it)
 STATE_VERSION = 1
@@ -188,7 +188,7 @@ def _read_row_groups(split: str, rank: int, world_size: int, start: int):
 
 def _shard_holding(split: str, index: int) -> str:
     """Which shard file holds global row group `index` of a split (row groups count on across epochs)."""
-    counts = [(path, open_shard(path).num_row_groups) for path in split_files(split)]
+    counts = [(path, count_row_groups(path)) for path in split_files(split)]
     index %= sum(n for _, n in counts)
     for path, n in counts:
         if index < n:

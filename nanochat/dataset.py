@@ -100,6 +100,12 @@ def open_shard(path: str) -> pq.ParquetFile:
         raise RuntimeError(f"Corrupt or unreadable shard {path}: {e}\n  Delete it and download it again.") from e
 
 
+def count_row_groups(path: str) -> int:
+    """How many row groups a shard has: read from its footer, and the file closed again."""
+    with open_shard(path) as shard:
+        return shard.num_row_groups
+
+
 def iter_row_groups(
     split: str, rank: int = 0, world_size: int = 1, start: int = 0, directory: str | None = None
 ) -> Iterator[tuple[int, list[str]]]:
@@ -109,15 +115,28 @@ def iter_row_groups(
     (index = epoch * num_row_groups + position). Rank r takes the indices with
     index % world_size == r, so ranks read disjoint documents and together read all of
     them. `start` is the first index to consider: how a loader resumes.
+
+    Only the shard being read is open: a d32 run has ~800 shards, and one open file each
+    (times the ranks, beside NCCL's and the compile workers' own) can pass the usual limit
+    of 1024 open files per process.
     """
-    shards = {path: open_shard(path) for path in split_files(split, directory)}
-    row_groups = [(pf, rg) for pf in shards.values() for rg in range(pf.num_row_groups)]
+    paths = split_files(split, directory)
+    row_groups = [(path, rg) for path in paths for rg in range(count_row_groups(path))]
     n = len(row_groups)
     index = start + (rank - start) % world_size  # the first index >= start that is ours
-    while split == "train" or index < n:
-        pf, rg = row_groups[index % n]
-        yield index, pf.read_row_group(rg, columns=["text"]).column("text").to_pylist()
-        index += world_size
+    open_path, shard = None, None
+    try:
+        while split == "train" or index < n:
+            path, rg = row_groups[index % n]
+            if path != open_path:
+                if shard is not None:
+                    shard.close()
+                open_path, shard = path, open_shard(path)
+            yield index, shard.read_row_group(rg, columns=["text"]).column("text").to_pylist()
+            index += world_size
+    finally:
+        if shard is not None:
+            shard.close()
 
 
 def main():

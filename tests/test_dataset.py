@@ -1,4 +1,6 @@
 """Shards on disk: the split convention, rank striding, resume positions, clear errors."""
+import os
+
 import pytest
 
 from nanochat import dataset
@@ -52,3 +54,28 @@ def test_the_download_command_fails_in_one_message(base_dir, monkeypatch, capsys
     assert dataset.main() == 2
     err = capsys.readouterr().err
     assert err.count("nanochat.dataset: error:") == 1 and "is the mirror running?" in err and "Traceback" not in err
+
+
+def _open_shard_files() -> int:
+    """How many parquet files this process has open right now (Linux: /proc/self/fd)."""
+    fds = "/proc/self/fd"
+    names = []
+    for fd in os.listdir(fds):
+        try:
+            names.append(os.readlink(os.path.join(fds, fd)))
+        except OSError:  # closed while we looked
+            pass
+    return sum(name.endswith(".parquet") for name in names)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
+def test_only_the_shard_being_read_is_open(shards):
+    it = dataset.iter_row_groups("train")
+    groups_per_shard = dataset.open_shard(shards[0]).num_row_groups
+    open_counts = []
+    for _ in range(2 * groups_per_shard + 1):  # through both train shards and back to the first
+        next(it)
+        open_counts.append(_open_shard_files())
+    assert max(open_counts) == 1, open_counts
+    it.close()
+    assert _open_shard_files() == 0
