@@ -225,7 +225,10 @@ def init_distributed(device: str | None = None, timeout_s: float | None = None) 
         device = f"cuda:{env.local_rank}"
     if env.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        # device_id binds this rank's NCCL communicator to its GPU at once (no guessing from
+        # the current device, and the first collective does not set up connections lazily).
+        bound = {"device_id": torch.device(device)} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **bound)
     return DistInfo(rank=env.rank, local_rank=env.local_rank, world_size=env.world_size, device=device)
 
 

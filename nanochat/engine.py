@@ -203,23 +203,36 @@ class Engine:
             if step > 0:  # decode: feed every row's last token, get every row's next logits
                 idx = torch.tensor([[row.last_token] for row in rows], dtype=torch.long, device=device)  # (B, 1)
                 logits = self.model(idx, kv_cache=cache)[:, -1, :]                                     # (B, V)
-            column, mask = [], []
-            for i, row in enumerate(rows):
-                token, sampled = self._next_token(row, logits[i:i + 1], rngs[i], temperature, top_k)
-                column.append(token)
-                mask.append(sampled)
-            yield column, mask
+            drawn = self._sample_rows(rows, logits, rngs, temperature, top_k)
+            column, mask = zip(*(self._next_token(row, drawn.get(i)) for i, row in enumerate(rows)))
+            yield list(column), list(mask)
             if all(row.done for row in rows):
                 return
 
-    def _next_token(self, row: _Row, logits: torch.Tensor, rng, temperature, top_k) -> tuple[int, int]:
-        """Choose one row's next token (forced tool output, or a sample) and update its state. Returns (token, mask)."""
+    @staticmethod
+    def _sample_rows(rows: list[_Row], logits: torch.Tensor, rngs, temperature, top_k) -> dict[int, int]:
+        """{row index: sampled token} for the rows that sample this step (not done, no forced tool output).
+
+        Each row draws with its own generator, but the ids come to the CPU together: one
+        device-to-host copy (one GPU sync) per step, not one per row.
+        """
+        need = [i for i, row in enumerate(rows) if not row.done and not row.forced]
+        if not need:
+            return {}
+        if temperature == 0.0:  # greedy needs no generator: one argmax over the batch
+            picks = logits[need].argmax(dim=-1)
+        else:
+            picks = torch.cat([sample_next_token(logits[i:i + 1], rngs[i], temperature, top_k) for i in need])
+        return dict(zip(need, picks.view(-1).tolist()))
+
+    def _next_token(self, row: _Row, drawn: int | None) -> tuple[int, int]:
+        """Choose one row's next token (forced tool output, else its drawn sample) and update its state. Returns (token, mask)."""
         if row.done:
             return row.last_token, 0
         if row.forced:
             token, sampled = row.forced.popleft(), 0
         else:
-            token, sampled = sample_next_token(logits, rng, temperature, top_k).item(), 1
+            token, sampled = drawn, 1
         row.last_token = token
         if token in self.stop_tokens:
             row.done = True

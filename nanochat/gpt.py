@@ -30,9 +30,11 @@ _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5
 
 # FlashAttention-3 is faster on Hopper (sm90) GPUs; it is optional and used only when it
 # imports and the first GPU is a Hopper. Everything else goes through PyTorch's SDPA.
+# Any failure to import counts as "not installed": a wheel built for another torch or CUDA
+# fails with OSError (undefined symbol) or RuntimeError, not ImportError, and must not stop a run.
 try:
     from flash_attn_interface import flash_attn_func as _fa3_func
-except ImportError:
+except Exception:  # noqa: BLE001 - see above
     _fa3_func = None
 USE_FA3 = _fa3_func is not None and torch.cuda.is_available() and torch.cuda.get_device_capability(0) == (9, 0)
 

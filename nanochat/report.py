@@ -241,11 +241,17 @@ def summary_table(sections: list[dict]) -> str:
     """Metrics x phases, from the sections' PHASE/METRIC keys; '-' where nothing was measured."""
     found = {}
     for section in sections:  # later stages win: a final eval overrides an earlier estimate
+        # CORE on a few items per task is an estimate, and the card says so (± ~0.05 at 8 items).
+        items = section["metrics"].get("core_max_per_task", -1)
+        subsampled = f", {items} items per task" if items > 0 else ""
         for key, value in section["metrics"].items():
             phase, slash, name = key.partition("/")
             if not (slash and phase.lower() in PHASES):
                 continue
-            if m := re.fullmatch(r"(core|chatcore)\d+", metric_key(name)):  # on some of its tasks: that row, labelled
+            if m := re.fullmatch(r"(core)\d*", metric_key(name)):  # CORE or CORE-n: the CORE row
+                found[("core", phase.lower())] = (f"{format_value(value)} ({name}{subsampled})"
+                                                  if name != "CORE" or subsampled else format_value(value))
+            elif m := re.fullmatch(r"(chatcore)\d+", metric_key(name)):  # on some of its tasks: that row, labelled
                 found[(m.group(1), phase.lower())] = f"{format_value(value)} ({name})"
             else:
                 found[(metric_key(name), phase.lower())] = format_value(value)

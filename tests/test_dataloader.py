@@ -137,6 +137,24 @@ def test_resume_continues_with_exactly_the_same_batches(docs, tokenizer, kind):
     assert before[0][0].shape == (2, 63)
 
 
+@pytest.mark.parametrize("kind", [BestFitLoader, StreamingLoader])
+def test_prefetching_changes_neither_the_batches_nor_the_resume_point(docs, tokenizer, kind):
+    plain = take(kind(tokenizer, B=2, T=63, rank=0, world_size=1), 12)
+    ahead = kind(tokenizer, B=2, T=63, rank=0, world_size=1)
+    batches, states = [], []
+    for _ in range(12):
+        x, y = next(ahead)
+        batches.append((x.clone(), y.clone()))
+        ahead.prefetch()  # as train_step does after backward
+        ahead.prefetch()  # a second call holds the same batch, it does not skip one
+        states.append(json.loads(json.dumps(ahead.state_dict())))
+    assert all(torch.equal(x, x2) and torch.equal(y, y2) for (x, y), (x2, y2) in zip(plain, batches, strict=True))
+    # A checkpoint taken while a batch is held resumes with that batch, not the one after it.
+    resumed = kind(tokenizer, B=2, T=63, rank=0, world_size=1, state=states[4])
+    x, y = next(resumed)
+    assert torch.equal(x, plain[5][0]) and torch.equal(y, plain[5][1])
+
+
 def test_resume_on_real_shards(base_dir, data_pack, tokenizer):
     dataset.download_shards(3)
     loader = build_train_loader(tokenizer, B=2, T=1024, rank=1, world_size=2, num_threads=2)

@@ -94,7 +94,12 @@ def test_profiles_are_the_documented_ones():
     assert speedrun["nproc"] == 8
     assert speedrun["parameters"] == {"depth": 20, "max_seq_len": 2048, "device_batch_size": 32,
                                       "total_batch_size": 524288, "target_param_data_ratio": 20, "save_every": 1000,
-                                      "compile": True}
+                                      "compile": True, "eval_every": 250, "eval_tokens": 20 * 524288,
+                                      "core_metric_every": 2000, "core_max_per_task": 500, "sample_every": 2000}
+    for name in ("speedrun", "d26", "d32"):  # GPU runs evaluate as nanochat's do, not at the tiny defaults' pace
+        params = stages.load_profile(name)["stages"]["05_pretrain"]["parameters"]
+        assert params["eval_every"] >= 250 and params["core_max_per_task"] >= 500
+        assert stages.load_profile(name)["stages"]["10_eval"]["parameters"]["core_max_per_task"] == -1
     for name in ("cpu", "speedrun", "d26", "d32"):  # long runs checkpoint as they go, so a killed one can continue
         assert stages.load_profile(name)["stages"]["05_pretrain"]["parameters"]["save_every"] > 0
     assert stages.load_profile("d26")["stages"]["05_pretrain"]["parameters"]["device_batch_size"] == 16

@@ -120,6 +120,18 @@ def test_core_on_some_tasks_fills_the_core_row_with_its_label(base_dir):
     assert summary_row(text, "CORE") == ["0.0123 (CORE-20)", "—", "—", "—"]
 
 
+@pytest.mark.parametrize("metrics, shown", [
+    ({"base/CORE": 0.2219}, "0.2219"),
+    ({"base/CORE": 0.2219, "core_max_per_task": -1}, "0.2219"),
+    ({"base/CORE": 0.21, "core_max_per_task": 500}, "0.21 (CORE, 500 items per task)"),
+    ({"base/CORE-20": 0.0123, "core_max_per_task": 8}, "0.0123 (CORE-20, 8 items per task)"),
+])
+def test_core_on_a_few_items_per_task_says_so(base_dir, metrics, shown):
+    report.reset()
+    report.write_section("05_pretrain", "Base model pretraining", metrics)
+    assert summary_row(report.generate(copy_to=None).read_text(), "CORE")[0] == shown
+
+
 @pytest.mark.parametrize("value, shown", [(18.2, "18.2"), (0.81234, "0.8123"), (2.0, "2"), (0.0, "0"),
                                           (1234567, "1,234,567"), (3.2e9, "3.2e+09"), (True, "True")])
 def test_numbers_read_as_a_person_writes_them(value, shown):

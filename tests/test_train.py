@@ -82,6 +82,33 @@ def test_cpu_peak_is_measured_and_called_an_estimate():
     assert flops > 1e9 and "estimate" in source
 
 
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835),
+    ("NVIDIA H200", 989), ("NVIDIA B200", 2250), ("NVIDIA GB200", 2500), ("NVIDIA A100-SXM4-80GB", 312),
+])
+def test_gpu_peaks_by_name_check_the_longer_names_first(monkeypatch, name, tflops):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    flops, source = train.peak_flops("cuda")
+    assert flops == tflops * 1e12 and "datasheet" in source
+
+
+def test_an_unknown_gpu_has_no_peak_and_says_where_to_add_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Future 9000")
+    assert train.peak_flops("cuda") == (None, "NVIDIA Future 9000: peak unknown (add it to nanochat.train.GPU_PEAK_FLOPS)")
+
+
+def test_setup_objects_are_frozen_out_of_the_collectors_scans():
+    import gc
+    model = build_model(GPTConfig(sequence_len=8, vocab_size=16, n_layer=1, n_head=1, n_kv_head=1, n_embd=8))
+    gc.unfreeze()
+    try:
+        train.freeze_setup_objects()
+        assert gc.get_freeze_count() > 1000  # the interpreter's and the model's objects, not rescanned again
+    finally:
+        gc.unfreeze()
+    del model
+
+
 def test_history_replaces_a_repeated_step_and_survives_json():
     history = History()
     history.add(0, **{"val/bpb": 3.0})
@@ -203,3 +230,25 @@ def test_compiled_training_step_matches_eager():
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
     for name, value in eager_state.items():  # the compiled model trains the same weights
         torch.testing.assert_close(compiled_state[name], value, atol=1e-4, rtol=1e-3)
+
+
+def test_val_rows_are_tokenized_once_and_again_when_anything_changes(base_dir, data_pack, monkeypatch):
+    from dist_loader_worker import byte_tokenizer
+    from nanochat import dataloader, dataset
+
+    dataset.download_shards(2)
+    tokenizer = byte_tokenizer()
+    built = []
+    real = dataloader.build_val_loader
+    monkeypatch.setattr(train, "build_val_loader", lambda *a, **k: built.append(a[1:3]) or real(*a, **k))
+    model = build_model(GPTConfig(sequence_len=32, vocab_size=tokenizer.get_vocab_size(), n_layer=1, n_head=1,
+                                  n_kv_head=1, n_embd=16))
+    table = tokenizer.token_bytes()
+    first = train.evaluate_val_bpb(model, tokenizer, 2, 32, 256, "cpu", table)
+    assert train.evaluate_val_bpb(model, tokenizer, 2, 32, 256, "cpu", table) == first
+    assert built == [(2, 32)]  # the second evaluation reused the packed rows
+    train.evaluate_val_bpb(model, tokenizer, 4, 32, 256, "cpu", table)
+    val = dataset.split_files("val")[0]
+    os.utime(val, ns=(0, 0))  # the val shard replaced: its rows are packed again
+    train.evaluate_val_bpb(model, tokenizer, 4, 32, 256, "cpu", table)
+    assert built == [(2, 32), (4, 32), (4, 32)]
