@@ -5,14 +5,25 @@ would not fit in its GPUs' memory: a GPU profile can be checked without a GPU. T
 FLOPs at the profile's assumed MFU (`[profile] assumed_mfu`, an assumption, not a measurement);
 memory is nanochat/memory.py's estimate.
 """
+import math
 from dataclasses import dataclass
 
 import torch
 
+from nanochat.dataset import MAX_SHARD
 from nanochat.memory import gpu_memory, training_memory
 from nanochat.train import GPU_PEAK_FLOPS, training_horizon
 
 TRAINING_STAGES = ("05_pretrain", "06_midtrain", "07_sft")
+
+# How many FineWeb-EDU shards a pretraining run reads. Each shard holds ~250M characters; a
+# 65,536-token vocabulary averages ~4.8 characters per token there (both nanochat's figures,
+# speedrun.sh); and best-fit packing at T = 2048 crops ~35% of the document tokens it reads
+# (nanochat's dataloader.py docstring, the same algorithm with a 1000-document buffer). So a
+# shard yields ~250M / 4.8 x 0.65 = ~34M training tokens, not the ~52M it holds.
+CHARS_PER_SHARD = 250e6
+CHARS_PER_TOKEN = 4.8
+CROP_FRACTION = 0.35
 
 
 @dataclass
@@ -52,6 +63,29 @@ def _flops_per_token(config) -> float:
         return GPT(config).estimate_flops()
 
 
+def shards_needed(train_tokens: int) -> int:
+    """Shards to download for train_tokens of pretraining: the train shards packing turns into them, plus validation."""
+    usable_per_shard = CHARS_PER_SHARD / CHARS_PER_TOKEN * (1 - CROP_FRACTION)
+    return math.ceil(train_tokens / usable_per_shard) + 1
+
+
+def _shard_problem(stages: dict, train_tokens: int) -> tuple[str, str | None]:
+    """(a note on the shard count, a problem if 02_data downloads too few for the horizon)."""
+    if "02_data" not in stages:
+        return "", None
+    have, need = _value(stages["02_data"], "num_shards"), shards_needed(train_tokens)
+    note = f"; reads ~{need:,} shards ({have:,} downloaded by 02_data)"
+    if need > MAX_SHARD + 1:
+        return note, (f"05_pretrain's {train_tokens / 1e9:.1f}B tokens need ~{need:,} shards, but the dataset has "
+                      f"{MAX_SHARD + 1:,}: lower target_param_data_ratio, or the run repeats its data")
+    if have >= need:
+        return note, None
+    return note, (f"02_data downloads {have} shards, but 05_pretrain's {train_tokens / 1e9:.1f}B tokens need ~{need} "
+                  f"(~{CHARS_PER_SHARD / CHARS_PER_TOKEN * (1 - CROP_FRACTION) / 1e6:.0f}M tokens per shard after "
+                  f"packing's ~{CROP_FRACTION:.0%} crop, and one for validation): set num_shards = {need} in the "
+                  f"profile's 02_data, or the run repeats its data")
+
+
 def stage_cost(stages: dict, stage, gpus: str, assumed_mfu: float | None) -> StageCost:
     """Steps, tokens, FLOPs and (on known GPUs) time and memory per GPU of one training stage."""
     from nanochat.gpt import count_params
@@ -80,14 +114,18 @@ def stage_cost(stages: dict, stage, gpus: str, assumed_mfu: float | None) -> Sta
     peak = next((f for key, f in GPU_PEAK_FLOPS.items() if key in name), None) if count else None
     if flops is not None and peak and assumed_mfu:
         summary += f", ~{flops / (count * peak * assumed_mfu) / 3600:.1f} h at {assumed_mfu:.0%} MFU on {gpus}"
-    cost = StageCost(stage.name, summary)
+    shard_problem = None
+    if stage.name == "05_pretrain" and count:  # a GPU run: repeating data there is a mistake (laptops loop on purpose)
+        note, shard_problem = _shard_problem(stages, steps * total)
+        summary += note
+    cost = StageCost(stage.name, summary, problem=shard_problem)
     if count and per_gpu:
         compiled = bool(_value(stage, "compile", False))
         memory = training_memory(config, B, T, stage.nproc, compiled)
         cost.memory = (f"memory per GPU at device batch {B} x {T} ({'compiled' if compiled else 'eager'}): "
                        f"{memory.describe()} of {per_gpu / 1024 ** 3:.1f} GiB")
         if memory.total > per_gpu:
-            cost.problem = (f"{stage.name} would not fit: ~{memory.total / 1024 ** 3:.0f} GiB per GPU at device_batch_size "
+            cost.problem = ((cost.problem + "; ") if cost.problem else "") + (f"{stage.name} would not fit: ~{memory.total / 1024 ** 3:.0f} GiB per GPU at device_batch_size "
                             f"{B} against {per_gpu / 1024 ** 3:.0f} GiB" + ("" if compiled else "; set compile = true, or")
                             + f" halve device_batch_size (total_batch_size stays, by gradient accumulation)")
     return cost

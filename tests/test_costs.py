@@ -114,6 +114,23 @@ def test_the_dry_run_prints_the_costs_and_refuses_what_would_not_fit(capsys):
     assert "halve device_batch_size" in capsys.readouterr().err
 
 
+def test_the_shard_count_covers_the_horizon_after_packing_crops():
+    """d20's 11.2B tokens at ~34M usable tokens per shard: ~333 shards, not speedrun.sh's 240."""
+    from nanochat.costs import shards_needed
+
+    assert shards_needed(11_220_000_000) == 333 and shards_needed(1) == 2  # and one for validation
+    for name in ("speedrun", "d26", "d32"):
+        summary = costs(name)["05_pretrain"].summary
+        assert "shards (" in summary and costs(name)["05_pretrain"].problem is None, name
+
+
+def test_the_dry_run_refuses_too_few_shards_for_a_gpu_run(capsys):
+    assert cli.main(["run", "--profile", "speedrun", "--dry-run", "--from", "02", "-p", "num_shards=240"]) == 2
+    err = capsys.readouterr().err
+    assert "02_data downloads 240 shards, but 05_pretrain's 11.2B tokens need ~333" in err and "num_shards = 333" in err
+    assert cli.main(["run", "--profile", "cpu", "--dry-run"]) == 0  # laptop profiles go round their few shards on purpose
+
+
 def test_a_later_stage_alone_is_costed_with_the_depth_pretraining_sets(capsys):
     """--only 07: stage 05 is not selected (nor validated), but its depth is the model 07 fine-tunes."""
     assert cli.main(["run", "--profile", "speedrun", "--dry-run", "--only", "07"]) == 0
