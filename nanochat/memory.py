@@ -20,7 +20,8 @@ import torch
 ACTIVATION_COEFFS = {"eager": (36.1, 8.05, 9.94), "compiled": (29.7, 5.58, 9.5)}
 LOSS_CHUNK_ROWS = 1024            # nanochat/fused_loss.py's chunk: its logits, probabilities and gradient, fp32
 CUDA_ALLOWANCE = 2 * 1024 ** 3    # CUDA context, NCCL buffers, allocator fragmentation: an allowance, not measured
-GPU_MEMORY = {"H100": 80e9, "H200": 141e9, "A100": 80e9, "L4": 24e9}  # bytes, datasheets (A100: the 80 GB one)
+# bytes, datasheets (A100: the 80 GB one); longer names first, as "H100" is inside "H100 NVL"
+GPU_MEMORY = {"H100 NVL": 94e9, "H100": 80e9, "H200": 141e9, "GB200": 186e9, "B200": 180e9, "A100": 80e9, "L4": 24e9}
 
 
 @dataclass
@@ -75,6 +76,24 @@ def training_memory(config, device_batch_size: int, seq_len: int, world_size: in
     loss = 3 * 4 * LOSS_CHUNK_ROWS * config.vocab_size + 4 * config.vocab_size * config.n_embd  # a chunk, lm_head grad
     return StepMemory(weights=4 * params, gradients=4 * params, optimizer=optimizer_bytes_per_rank(config, world_size),
                       saved=saved, loss=loss, allowance=allowance)
+
+
+def peak_memory(device) -> tuple[float, str]:
+    """(the most bytes this process has held, a sentence saying what of) on a CUDA GPU, else in RAM.
+
+    Printed after the first training step, when the memory plan is known to hold or not, to
+    compare with the estimate of `nanochat run --dry-run`.
+    """
+    device = torch.device(device)
+    gib = 1024 ** 3
+    if device.type == "cuda":
+        peak, total = torch.cuda.max_memory_allocated(device), torch.cuda.get_device_properties(device).total_memory
+        return peak, f"{peak / gib:.1f} GiB of the GPU's {total / gib:.1f} GiB (torch.cuda.max_memory_allocated)"
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return peak, f"{peak / gib:.2f} GiB of RAM (the process's peak resident memory)"
 
 
 def gpu_memory(gpus: str) -> tuple[int, float | None]:
