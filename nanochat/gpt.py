@@ -130,6 +130,23 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
 
 
+def _fa3_applies(q: torch.Tensor) -> bool:
+    """FlashAttention-3 takes this call: installed, a Hopper GPU, bf16 (its only fast dtype here)."""
+    return USE_FA3 and q.is_cuda and q.dtype == torch.bfloat16
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v, causal, as the model computes it. q: (B, T, H, D), k/v: (B, T, Hkv, D) -> (B, T, H, D).
+
+    FlashAttention-3 on a Hopper GPU in bf16, else PyTorch's SDPA (attend). Notebook 03 calls
+    this too, so its walk-through takes the same kernel as the model on any machine.
+    """
+    if _fa3_applies(q):
+        y = _fa3_func(q, k, v, causal=True)  # FA3 takes (B, T, H, D) and does GQA itself
+        return y[0] if isinstance(y, tuple) else y  # some FA3 versions also return the log-sum-exp
+    return attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+
 class CastLinear(nn.Linear):
     """A bias-free Linear whose fp32 weight is cast to the input's dtype for the matmul."""
 
@@ -211,13 +228,11 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x, cos, sin, kv_cache=None):
         B, T, C = x.shape
         q, k, v = self.project_qkv(x, cos, sin)
-        if USE_FA3 and kv_cache is None and q.is_cuda and q.dtype == torch.bfloat16:
-            y = _fa3_func(q, k, v, causal=True)  # FA3 takes (B, T, H, D) and does GQA itself
-            y = y[0] if isinstance(y, tuple) else y  # some FA3 versions also return the log-sum-exp
+        if kv_cache is None:  # training, or a forward without a cache
+            y = causal_attention(q, k, v)  # (B, T, H, D)
         else:
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
-            if kv_cache is not None:
-                k, v = kv_cache.insert_kv(self.layer_idx, k, v)  # now all Tk tokens so far
+            k, v = kv_cache.insert_kv(self.layer_idx, k, v)  # now all Tk tokens so far
             y = attend(q, k, v).transpose(1, 2)  # (B, T, H, D)
         return self.c_proj(y.reshape(B, T, C))
 

@@ -195,3 +195,30 @@ def test_attention_probs_are_what_the_layer_applies():
     v = v.transpose(1, 2).repeat_interleave(2, dim=1)  # (B, H, T, D)
     y = (probs @ v).transpose(1, 2).reshape(2, 12, -1)
     assert torch.allclose(attn.c_proj(y), attn(h, cos, sin), atol=1e-5)
+
+
+@pytest.mark.parametrize("returns_lse", [False, True])
+def test_the_flash_attention_path_takes_and_gives_the_models_layout(monkeypatch, returns_lse):
+    """FA3 cannot run here, so a stand-in with its interface (B, T, H, D), causal, GQA inside, takes the
+    calls the model would send it on an H100: the model's output must not change."""
+    from nanochat import gpt
+
+    def fake_fa3(q, k, v, causal):
+        assert causal and q.shape[:2] == k.shape[:2] and q.size(2) % k.size(2) == 0  # (B, T, heads, D)
+        group = q.size(2) // k.size(2)
+        k, v = (t.repeat_interleave(group, dim=2) for t in (k, v))
+        y = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                             is_causal=True).transpose(1, 2)
+        return (y, None) if returns_lse else y
+
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(sequence_len=16, vocab_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=64))
+    idx = torch.randint(0, 64, (2, 16))
+    sdpa = model(idx)
+    calls = []
+    monkeypatch.setattr(gpt, "_fa3_func", lambda *a, **k: calls.append(1) or fake_fa3(*a, **k))
+    monkeypatch.setattr(gpt, "_fa3_applies", lambda q: True)
+    assert torch.allclose(model(idx), sdpa, atol=1e-5) and len(calls) == 2  # one call per layer
+    cache = model.new_kv_cache(batch_size=2, max_len=16)
+    model(idx[:, :8], kv_cache=cache)  # with a cache: SDPA (decode needs the cached keys), never FA3
+    assert len(calls) == 2
