@@ -7,6 +7,7 @@ Each check is a row of the table at the end (ok, FAIL, or skipped and why):
   training    a few optimizer steps of the speedrun's model at its device batch (32 x 2048),
               torch.compile'd: tokens/s, MFU, and the peak memory against the GPU's and against
               the estimate that `nanochat run --dry-run` prints (nanochat/memory.py)
+  loss        the chunked loss against the plain one, as the profile runs them (compiled): which is faster
   fa3         FlashAttention-3 against PyTorch's SDPA on the same bf16 inputs: outputs and
               gradients agree, and the time of each (skipped where FA3 is not installed)
   notebooks   notebooks 03 (the model) and 09 (the engine) run in bf16 with papermill, so
@@ -50,11 +51,12 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def check_training(args) -> str:
-    """Compiled training steps at the profile's device batch: speed, and memory against the plan."""
+def train_steps(args, fused_loss: bool = True) -> tuple[Throughput, list[float]]:
+    """args.steps timed training steps (after one that compiles) on random tokens: the meter and the losses."""
     config = config_for_depth(args.depth, vocab_size=args.vocab, sequence_len=args.seq_len)
     torch.manual_seed(0)
     model = build_model(config, args.device)
+    model.fused_loss = fused_loss
     optimizer = model.setup_optimizers()
     train_model = torch.compile(model, dynamic=False) if args.compile else model
     inputs, targets = torch.randint(0, args.vocab, (2, args.batch, args.seq_len), device=args.device)
@@ -69,6 +71,13 @@ def check_training(args) -> str:
         model.zero_grad(set_to_none=True)
         meter.stop(step)
         losses.append(loss.item())
+    return meter, losses
+
+
+def check_training(args) -> str:
+    """Compiled training steps at the profile's device batch: speed, and memory against the plan."""
+    config = config_for_depth(args.depth, vocab_size=args.vocab, sequence_len=args.seq_len)
+    meter, losses = train_steps(args)
     if not all(math.isfinite(x) for x in losses):
         raise AssertionError(f"the loss is not finite: {losses}")
     used, used_text = peak_memory(args.device)
@@ -80,6 +89,24 @@ def check_training(args) -> str:
     if args.memory_budget_gib is not None and used > args.memory_budget_gib * GIB:
         raise AssertionError(f"{text}: more than the budget of {args.memory_budget_gib} GiB")
     return text
+
+
+def check_loss_path(args) -> str:
+    """The chunked loss (nanochat/fused_loss.py) against the plain one, each as the profile runs it.
+
+    Under torch.compile, Inductor fuses the plain softcap + cross-entropy itself, so on a GPU
+    either may be faster; the model uses the chunked one by default (it also never holds the
+    full logits). This measures which wins on this GPU.
+    """
+    speeds = {}
+    for fused in (True, False):
+        meter, losses = train_steps(args, fused_loss=fused)
+        speeds["chunked" if fused else "plain"] = meter.tokens_per_second()
+        if torch.device(args.device).type == "cuda":
+            torch.cuda.empty_cache()
+    ratio = speeds["chunked"] / speeds["plain"]
+    return (f"{'compiled' if args.compile else 'eager'}: chunked {speeds['chunked']:,.0f} tok/s, plain "
+            f"{speeds['plain']:,.0f} tok/s: the chunked loss runs at {ratio:.2f}x the plain one's speed")
 
 
 def check_fa3(args) -> str:
@@ -172,7 +199,7 @@ def check_decode(args) -> str:
     return f"{args.decode_tokens} new tokens: batch 1 {rates[1]:,.0f} tok/s, batch 8 {rates[8]:,.0f} tok/s"
 
 
-CHECKS = {"training": check_training, "fa3": check_fa3, "notebooks": check_notebooks, "decode": check_decode}
+CHECKS = {"training": check_training, "loss": check_loss_path, "fa3": check_fa3, "notebooks": check_notebooks, "decode": check_decode}
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py                        # d6, T=512, B=8, vocab 32768; four modes
     python bench/train_throughput.py --modes eager-plain,eager --steps 3   # what the fused loss saves
+    python bench/train_throughput.py --modes eager-plain,eager --profile 2  # and where each step's time goes
 
 Modes: eager or torch.compile, each with the loss fused and chunked (nanochat/fused_loss.py,
 the default) or "-plain" (full logits, then F.cross_entropy). A step is what the pretraining notebook does: forward with targets (the loss), backward,
@@ -87,7 +88,8 @@ def run_mode(args) -> dict:
 
     timed = step_seconds[args.warmup:]
     on_cuda = torch.device(device).type == "cuda"
-    return {"mode": mode, "first_s": step_seconds[0], "mean_ms": 1000 * meter.elapsed / meter.timed_steps,
+    breakdown = profile_steps(train_model, model, optimizer, inputs, targets, args.profile) if args.profile else None
+    return {"breakdown": breakdown,"mode": mode, "first_s": step_seconds[0], "mean_ms": 1000 * meter.elapsed / meter.timed_steps,
             "min_ms": 1000 * min(timed), "max_ms": 1000 * max(timed), "median_ms": 1000 * statistics.median(timed),
             "tokens_per_s": meter.tokens_per_second(), "mfu": meter.mfu(),
             "achieved_flops": meter.tokens_per_second() * meter.flops_per_token,
@@ -95,6 +97,49 @@ def run_mode(args) -> dict:
             "peak_cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if on_cuda else None,
             "params": model.num_params(), "flops_per_token": model.estimate_flops(),
             "threads": torch.get_num_threads()}
+
+
+# Where the time goes: operators grouped by what they are. "matmul" is the dense products of the
+# linear layers and the head; attention's fused kernel is its own group (its FLOPs are also matmuls,
+# but it is one opaque kernel, not the per-layer products that set the MFU).
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::addbmm"}
+ATTENTION_PREFIX = "aten::_scaled_dot_product"
+
+
+def profile_steps(train_model, model, optimizer, inputs, targets, steps: int) -> dict:
+    """Run `steps` training steps under torch.profiler: the share of operator time by kind, and the top other ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = inputs.is_cuda
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            loss = train_model(inputs, targets)
+            loss.backward()
+            optimizer.step()
+            model.zero_grad(set_to_none=True)
+        if on_cuda:
+            torch.cuda.synchronize()
+    # Self time: each operator's own time, without the operators it called, so nothing counts twice.
+    attr = "self_device_time_total" if on_cuda else "self_cpu_time_total"
+    times = {event.key: getattr(event, attr) for event in prof.key_averages() if getattr(event, attr) > 0}
+    total = sum(times.values())
+    matmul = sum(t for name, t in times.items() if name in MATMUL_OPS)
+    attention = sum(t for name, t in times.items() if name.startswith(ATTENTION_PREFIX))
+    others = sorted(((t, name) for name, t in times.items()
+                     if name not in MATMUL_OPS and not name.startswith(ATTENTION_PREFIX)), reverse=True)
+    return {"matmul": matmul / total, "attention": attention / total, "seconds_per_step": total / 1e6 / steps,
+            "top": [(name, t / total) for t, name in others[:10]]}
+
+
+def print_breakdown(results: dict) -> None:
+    """Per mode: the share of operator time in matmuls and attention, then the ten largest other operators."""
+    for mode, r in results.items():
+        b = r["breakdown"]
+        print(f"\n{mode}: {b['seconds_per_step']:.2f} s of operator time a step; matmul {b['matmul']:.0%}, "
+              f"attention {b['attention']:.0%}, everything else {1 - b['matmul'] - b['attention']:.0%}; the largest others:")
+        for name, share in b["top"]:
+            print(f"  {share:6.1%}  {name}")
 
 
 # ---- the driver
@@ -111,7 +156,7 @@ def run_worker(mode: str, args, peak: float | None) -> dict:
         command = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--result", result_path,
                    "--depth", str(args.depth), "--seq-len", str(args.seq_len), "--batch", str(args.batch),
                    "--vocab", str(args.vocab), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--device", args.device, "--peak-flops", str(peak)]
+                   "--device", args.device, "--peak-flops", str(peak), "--profile", str(args.profile)]
         if args.threads:
             command += ["--threads", str(args.threads)]
         finished = subprocess.run(command, env=env)
@@ -172,6 +217,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best there is)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: one per core); 1 helps when other work shares the cores")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after the timed steps, profile STEPS more: the share of time in matmuls, and the top other ops")
     parser.add_argument("--warm-cache", action="store_true",
                         help="keep Inductor's usual on-disk cache (the first compiled step may then skip compiling)")
     # worker mode (used by the driver itself)
@@ -218,6 +265,8 @@ def main() -> None:
           + ("" if "compile" not in results or args.warm_cache else "; cold Inductor cache"))
     if "eager" in results and "compile" in results:
         print_comparison(results)
+    if args.profile:
+        print_breakdown(results)
 
 
 if __name__ == "__main__":

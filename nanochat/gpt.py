@@ -284,7 +284,8 @@ class GPT(nn.Module):
         self.lm_head = CastLinear(config.n_embd, config.vocab_size)  # untied from wte
         # The loss through nanochat/fused_loss.py (chunked; never the full logits). False: the plain
         # head + F.cross_entropy, kept to compare against (tests, bench/train_throughput.py).
-        # On CUDA neither has been measured against the other yet; fused is the default there too.
+        # On CUDA neither has been measured against the other yet (bench/gpu_check.py's "loss"
+        # check does, on a GPU node); fused is the default there too, as it never holds the logits.
         self.fused_loss = True
         # RoPE tables are derived, not learned: kept out of the state_dict, filled by init_weights().
         rotary_len = ROTARY_FACTOR * config.sequence_len

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from nanochat.fused_loss import DEFAULT_CHUNK_ROWS
+
 # bytes per token = L * (a * C + b * Ckv) + d * C, bf16 compute (bench/activation_memory.py: six shapes,
 # fitted within 0.1% eager and 2.3% compiled; torch 2.13 on CPU)
 ACTIVATION_COEFFS = {"eager": (36.1, 8.05, 9.94), "compiled": (29.7, 5.58, 9.5)}
-LOSS_CHUNK_ROWS = 1024            # nanochat/fused_loss.py's chunk: its logits, probabilities and gradient, fp32
 CUDA_ALLOWANCE = 2 * 1024 ** 3    # CUDA context, NCCL buffers, allocator fragmentation: an allowance, not measured
 # bytes, datasheets (A100: the 80 GB one); longer names first, as "H100" is inside "H100 NVL"
 GPU_MEMORY = {"H100 NVL": 94e9, "H100": 80e9, "H200": 141e9, "GB200": 186e9, "B200": 180e9, "A100": 80e9, "L4": 24e9}
@@ -73,7 +74,8 @@ def training_memory(config, device_batch_size: int, seq_len: int, world_size: in
     matmul_params = params - config.vocab_size * config.n_embd  # all but the embedding lookup
     tokens = device_batch_size * seq_len
     saved = tokens * activation_bytes_per_token(config, compiled) + 2 * matmul_params  # + bf16 copies of the weights
-    loss = 3 * 4 * LOSS_CHUNK_ROWS * config.vocab_size + 4 * config.vocab_size * config.n_embd  # a chunk, lm_head grad
+    # nanochat/fused_loss.py's two fp32 chunk blocks (t and e, the gradient written into e), and lm_head's gradient
+    loss = 2 * 4 * DEFAULT_CHUNK_ROWS * config.vocab_size + 4 * config.vocab_size * config.n_embd
     return StepMemory(weights=4 * params, gradients=4 * params, optimizer=optimizer_bytes_per_rank(config, world_size),
                       saved=saved, loss=loss, allowance=allowance)
 

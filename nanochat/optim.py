@@ -17,6 +17,13 @@ Muon needs whole matrices (Newton-Schulz mixes all of a matrix), and the same ru
 AdamW. reduce and broadcast exist on every backend (nccl and gloo), so there is no
 backend-specific path. With W == 1 every parameter is owned by rank 0 and nothing is
 communicated: the single-process optimizer is the same code.
+
+The communication starts after backward, not during it. On paper that costs little: d20 on
+8xH100 sends its 2.2 GB of fp32 gradients once each way per step, ~10-15 ms over NVLink plus
+~244 collective launches, against a ~0.56 s step at 40% MFU: ~3%. Overlapping it with backward
+(DDP's way: launch each reduce from a gradient hook) would not win that back here either,
+because the GPU profiles compile the model and a compiled backward is one graph that hands
+over all gradients at its end.
 """
 import math
 
@@ -82,11 +89,12 @@ def adamw_update(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) 
         state["exp_avg_sq"] = torch.zeros_like(p)  # running mean of its square
     state["step"] += 1
     lr, (beta1, beta2), t = group["lr"], group["betas"], state["step"]
-    p.mul_(1 - lr * group["weight_decay"])  # decoupled: decay the weight, not the gradient
+    if group["weight_decay"]:
+        p.mul_(1 - lr * group["weight_decay"])  # decoupled: decay the weight, not the gradient
     state["exp_avg"].lerp_(grad, 1 - beta1)
     state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     # Both averages start at 0, so early on they are too small by (1 - beta^t): divide it out.
-    denom = (state["exp_avg_sq"].sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
+    denom = state["exp_avg_sq"].sqrt().div_(math.sqrt(1 - beta2 ** t)).add_(group["eps"])
     p.addcdiv_(state["exp_avg"], denom, value=-lr / (1 - beta1 ** t))
 
 

@@ -15,7 +15,7 @@ def test_every_check_runs_at_the_small_size_with_notebooks_03_and_09_in_bf16():
     assert done.returncode == 0, done.stdout + done.stderr
     table = done.stdout.split("\n\n")[-2]
     rows = {line.split()[0]: line.split()[1] for line in table.splitlines()}
-    assert rows == {"training": "ok", "fa3": "skipped", "notebooks": "ok", "decode": "ok"}, table
+    assert rows == {"training": "ok", "loss": "ok", "fa3": "skipped", "notebooks": "ok", "decode": "ok"}, table
     assert "every assertion held in bf16: 03_model" in done.stdout and "all checks passed" in done.stdout
 
 
