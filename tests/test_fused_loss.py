@@ -114,3 +114,9 @@ def test_a_short_training_run_has_the_same_loss_curve_either_way():
         curves[fused] = curve
     assert curves[True][-1] < curves[True][0]  # it learns
     torch.testing.assert_close(torch.tensor(curves[True]), torch.tensor(curves[False]), atol=1e-4, rtol=1e-4)
+
+
+def test_a_softcap_beyond_the_shifted_softmaxs_range_is_refused():
+    x, w, y = torch.randn(4, 8), torch.randn(16, 8), torch.tensor([1, 2, -1, 3])
+    with pytest.raises(ValueError, match=r"softcap must be in \(0, 40\]"):
+        softcap_cross_entropy(x, w, y, softcap=50.0)
