@@ -322,15 +322,16 @@ SAMPLE_PROMPTS = [
 ]
 
 
-def sample_completions(model, tokenizer, prompts=SAMPLE_PROMPTS, max_tokens: int = 16) -> list[str]:
-    """Greedy continuations of fixed prompts: the same prompts at every step, so progress is visible."""
+def sample_completions(model, tokenizer, prompts=SAMPLE_PROMPTS, max_tokens: int = 16, temperature: float = 0.0,
+                       seed: int = 0) -> list[str]:
+    """Continuations of fixed prompts (greedy by default): the same prompts at every step, so progress is visible."""
     engine = Engine(model, tokenizer, tool=None)  # KV cache; a base model has no tools
     model.eval()
     samples = []
     try:
         for prompt in prompts:
             ids = tokenizer.encode(prompt, prepend=tokenizer.get_bos_token_id())
-            sequences, _ = engine.generate_batch(ids, max_tokens=max_tokens, temperature=0.0)
+            sequences, _ = engine.generate_batch(ids, max_tokens=max_tokens, temperature=temperature, seed=seed)
             samples.append(prompt + tokenizer.decode(sequences[0][len(ids):]))
     finally:
         model.train()
