@@ -183,6 +183,26 @@ def torchrun_env() -> DistInfo:
                     world_size=int(os.environ.get("WORLD_SIZE", "1")))
 
 
+HEADLESS = "NANOCHAT_HEADLESS"  # set by `nanochat run` for the kernels it starts
+
+
+def tqdm(*args, **kwargs):
+    """A progress bar: tqdm.auto's (a live widget in Jupyter), but plain text in a headless run.
+
+    papermill saves a widget bar as its first frame, "0%" forever. Under `nanochat run`
+    ($NANOCHAT_HEADLESS) the bar is text instead: it updates every 30 s and ends at 100%, in the
+    stage's log and in the saved notebook alike.
+    """
+    if os.environ.get(HEADLESS):
+        from tqdm.std import tqdm as text_bar
+
+        kwargs.setdefault("mininterval", 30.0)
+        return text_bar(*args, **kwargs)
+    from tqdm.auto import tqdm as auto_bar
+
+    return auto_bar(*args, **kwargs)
+
+
 def _process_group():
     """torch.distributed if a process group is initialised, else None."""
     import torch.distributed as dist

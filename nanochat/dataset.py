@@ -14,10 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from nanochat import hub
-from nanochat.common import pretrain_data_dir
+from nanochat.common import pretrain_data_dir, tqdm
 
 MAX_SHARD = 1822  # the public dataset has shard_00000 .. shard_01822
 

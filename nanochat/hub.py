@@ -25,7 +25,6 @@ import zipfile
 from typing import Callable
 
 from filelock import FileLock
-from tqdm.auto import tqdm
 
 from nanochat import common
 
@@ -100,7 +99,7 @@ def _fetch_to_part(url: str, part: str, desc: str, timeout: float) -> None:
             have = 0
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        with open(part, "ab" if have else "wb") as f, tqdm(
+        with open(part, "ab" if have else "wb") as f, common.tqdm(
             total=total, initial=have, unit="B", unit_scale=True, desc=desc, leave=False, mininterval=1.0
         ) as bar:
             while block := response.read(CHUNK):

@@ -105,12 +105,16 @@ def execute(notebook: Path, output: Path | None, parameters: dict, cell_timeout:
     """Run a notebook top to bottom in a fresh python3 kernel; raise StageFailed on any error.
 
     The kernel starts in the notebook's folder (as in Jupyter and nbval) and inherits this
-    process's environment. A cell that runs longer than cell_timeout is stopped.
+    process's environment, with $NANOCHAT_HEADLESS set: progress bars there are text
+    (common.tqdm), not widgets that a saved notebook would keep at their first frame.
+    A cell that runs longer than cell_timeout is stopped.
     """
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
+    previous = os.environ.get(common.HEADLESS)
+    os.environ[common.HEADLESS] = "1"  # the kernel inherits it when it starts
     try:
         papermill.execute_notebook(
             str(notebook), str(output) if output else None, parameters=parameters,
@@ -123,6 +127,10 @@ def execute(notebook: Path, output: Path | None, parameters: dict, cell_timeout:
         raise StageFailed(describe_failure(e)) from e
     finally:
         kill_kernels()  # normally a no-op: papermill has shut the kernel down
+        if previous is None:
+            os.environ.pop(common.HEADLESS, None)
+        else:
+            os.environ[common.HEADLESS] = previous
 
 
 def run_rank(argv: list[str]) -> int:

@@ -4,6 +4,7 @@ The stages here are the small fixture notebooks in tests/fixtures/, copied into 
 notebooks folder per test (--notebooks), so the runner sees only the stages a test wants.
 """
 import json
+import os
 import shutil
 import time
 import uuid
@@ -293,3 +294,21 @@ def test_a_failing_rank_fails_the_stage_fast_and_leaves_no_kernels(tmp_path, bas
     assert finished - t0 < timeout / 2
     assert not (run_dir / "04_rank1_fails.done").exists()
     assert not leftover_kernels(tag)
+
+
+def test_a_headless_run_saves_progress_bars_that_finish(tmp_path):
+    import nbformat
+
+    from nanochat import common, launch
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from nanochat.common import tqdm\nfor _ in tqdm(range(200), desc='work'):\n    pass\nprint('finished')")])
+    source, output = tmp_path / "bars.ipynb", tmp_path / "bars.out.ipynb"
+    nbformat.write(notebook, source)
+    launch.execute(source, output, {}, cell_timeout=60)
+    outputs = json.loads(output.read_text())["cells"][0]["outputs"]
+    assert all(o["output_type"] == "stream" for o in outputs)  # text, not a widget
+    bar = "".join("".join(o["text"]) for o in outputs if o["name"] == "stderr")
+    frames = [frame.strip() for frame in bar.split("\r") if frame.strip()]
+    assert frames[-1].startswith("work: 100%|")  # what a viewer shows: the last frame after the carriage returns
+    assert common.HEADLESS not in os.environ  # the runner's own environment is left as it was

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from nanochat.common import get_rank, get_world_size, is_master
+from nanochat.common import get_rank, get_world_size, is_master, tqdm
 from nanochat.engine import Engine, calculator
 
 CHATCORE_BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25,

@@ -35,10 +35,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
-from tqdm.auto import tqdm
 
 from nanochat import hub
-from nanochat.common import get_rank, get_world_size, is_master
+from nanochat.common import get_rank, get_world_size, is_master, tqdm
 
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
 SHUFFLE_SEED = 1337  # fixes which items a max_per_task subset contains
@@ -309,6 +308,7 @@ def evaluate_core(model, tokenizer, device, bundle_dir: str | None = None, max_p
         centered       {task: centered accuracy}
         tasks_present  the tasks evaluated, tasks_missing those whose data is not in the bundle
         max_per_task   items per task (-1: all), so a subsampled result is never mistaken for a full one
+        items          {task: items evaluated}, random_baseline {task: guessing's accuracy}: for error bars
     `tasks` restricts the run to some task labels. Under torchrun every rank must call this.
     """
     bundle_dir = bundle_dir or hub.download_eval_bundle()
@@ -348,4 +348,6 @@ def evaluate_core(model, tokenizer, device, bundle_dir: str | None = None, max_p
         "tasks_present": [task["label"] for task in present],
         "tasks_missing": missing,
         "max_per_task": max_per_task,
+        "items": {task["label"]: len(item_order(len(loaded[data_path(task)]), max_per_task)) for task in present},
+        "random_baseline": {task["label"]: task["random_baseline"] for task in present},
     }
