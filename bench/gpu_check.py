@@ -1,7 +1,7 @@
 """Before paying for a GPU run: check the code paths the speedrun takes on this GPU, in a few minutes.
 
     python bench/gpu_check.py            # on the GPU node: d20 at the speedrun's device batch, compiled, bf16
-    python bench/gpu_check.py --small    # anywhere (CI runs it on a CPU): the same code at a tiny size
+    python bench/gpu_check.py --small    # anywhere (the tests run it on a CPU, ~40 s idle): the same code, tiny
 
 Each check is a row of the table at the end (ok, FAIL, or skipped and why):
   training    a few optimizer steps of the speedrun's model at its device batch (32 x 2048),
@@ -167,7 +167,8 @@ def check_notebooks(args) -> str:
                 papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(folder / f"{name}.ipynb"),
                                            parameters={"dtype": "bfloat16", "device_type": args.device}
                                            if name == "09_engine" else {"dtype": "bfloat16"},
-                                           kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS))
+                                           kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS),
+                                           extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no TCP warning
                 seconds[name] = time.perf_counter() - start
             printed = (folder / "09_engine.ipynb").read_text()
             if "in torch.bfloat16" not in printed:  # 09 names the dtype it loaded the model in

@@ -58,15 +58,49 @@ def add_report(commands) -> None:
     generate.add_argument("--run", help="also count this run's stage times (BASE_DIR/runs/RUN)")
 
 
+def bounded(kind, name: str):
+    """An argparse type: a number of `kind` within the web server's limits for `name` (nanochat/ui/web.py)."""
+    from nanochat.ui.web import Limits
+
+    low, high = getattr(Limits(), name)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {text}")
+        return value
+
+    return parse
+
+
+def available_device(text: str) -> str:
+    """An argparse type: cuda[:N], mps or cpu, and present on this machine (else a one-line error, not a failed load)."""
+    import torch
+
+    kind = text.split(":")[0]
+    present = {"cpu": True, "cuda": torch.cuda.is_available(),
+               "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if kind not in present:
+        raise argparse.ArgumentTypeError(f"must be cuda, mps or cpu, not {text!r}")
+    if not present[kind]:
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no such device; leave --device out to use the best "
+                                         f"there is")
+    return text
+
+
 def add_model_arguments(c) -> None:
     """Which model to talk to and how to sample from it: shared by `chat` and `serve`."""
     c.add_argument("--phase", choices=PHASES, help="which model (default: the most trained there is)")
     c.add_argument("--depth", type=int, help="model depth (default: the largest of that phase)")
     c.add_argument("--step", type=int, help="checkpoint step (default: the last)")
-    c.add_argument("--temperature", type=float, default=0.6)
-    c.add_argument("--top-k", type=int, default=50)
-    c.add_argument("--max-tokens", type=int, default=256, help="longest reply, in tokens")
-    c.add_argument("--device", help="cuda, mps or cpu (default: the best there is)")
+    c.add_argument("--temperature", type=bounded(float, "temperature"), default=0.6, help="0 = greedy (0 to 2)")
+    c.add_argument("--top-k", type=bounded(int, "top_k"), default=50,
+                   help="sample from the k likeliest tokens; 0 = from all of them")
+    c.add_argument("--max-tokens", type=bounded(int, "max_tokens"), default=256, help="longest reply, in tokens")
+    c.add_argument("--device", type=available_device, help="cuda, mps or cpu (default: the best there is)")
 
 
 def add_chat(commands) -> None:

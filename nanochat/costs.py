@@ -108,7 +108,9 @@ def stage_cost(stages: dict, stage, gpus: str, assumed_mfu: float | None) -> Sta
         flops = None
     else:
         flops = steps * total * flops_per_token
-        summary = f"{model}; {steps:,} steps x {total:,} tokens = {steps * total / 1e9:,.2f}B tokens, {flops:.2g} FLOPs"
+        tokens = steps * total
+        amount = f"{tokens / 1e9:,.2f}B" if tokens >= 1e8 else f"{tokens / 1e6:,.2f}M"
+        summary = f"{model}; {steps:,} steps x {total:,} tokens = {amount} tokens, {flops:.2g} FLOPs"
     count, per_gpu = gpu_memory(gpus)
     name = gpus.partition("x")[2]
     peak = next((f for key, f in GPU_PEAK_FLOPS.items() if key in name), None) if count else None

@@ -109,6 +109,8 @@ def main(argv=None) -> int:
                 print(problem)
             if problems:
                 print("Regenerate with: python -m nanochat.exercises (this overwrites exercises/; keep your own work elsewhere)")
+            else:
+                print("exercises/ is in sync with solutions/")
             return 1 if problems else 0
         written = write_exercises()
     except ValueError as error:  # a broken solution region: say where, in one line

@@ -4,6 +4,7 @@ import os
 from dataclasses import asdict
 
 import pytest
+import torch
 
 from nanochat import cli
 from nanochat.checkpoint import CheckpointError, checkpoint_dir, save_checkpoint
@@ -87,3 +88,25 @@ def test_a_truncated_checkpoint_is_one_clear_line(trained, base_dir, capsys):
     assert "model_000005.pt: it is truncated or corrupt" in err and "Traceback" not in err
     with pytest.raises(CheckpointError):  # --verbose: the whole story
         cli.main(["--verbose", "chat", "-p", "hi"])
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--temperature", "-1"], "--temperature: must be from 0.0 to 2.0, not -1"),
+    (["--temperature", "9"], "--temperature: must be from 0.0 to 2.0, not 9"),
+    (["--top-k", "-3"], "--top-k: must be from 0 to 200, not -3"),
+    (["--max-tokens", "0"], "--max-tokens: must be from 1 to 4096, not 0"),
+    (["--top-k", "ten"], "--top-k: not an integer: 'ten'"),
+    (["--device", "tpu"], "--device: must be cuda, mps or cpu, not 'tpu'"),
+])
+def test_bad_sampling_options_are_one_line_before_any_model_loads(args, said, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["chat", "-p", "hi", *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and said in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_a_gpu_that_is_not_there_says_so(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["chat", "-p", "hi", "--device", "cuda"])
+    assert "cuda: this machine has no such device" in capsys.readouterr().err

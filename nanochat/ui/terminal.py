@@ -46,7 +46,7 @@ def chat(args) -> int:
     """`nanochat chat`: one answer (--prompt) or a conversation until `quit`; returns the exit code."""
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the replies alone
         session, meta = ChatSession.load(args.phase, args.depth, args.step, device=args.device,
-                                         temperature=args.temperature, top_k=args.top_k,
+                                         temperature=args.temperature, top_k=args.top_k or None,
                                          max_tokens=args.max_tokens, seed=args.seed)
     print(f"nanochat chat: {meta['phase']} model d{meta['config']['n_layer']} (step {meta['step']}) from "
           f"{meta['folder']}" + ("; a base model has not learned to chat, expect it to ramble"
