@@ -56,8 +56,9 @@ def test_the_download_command_fails_in_one_message(base_dir, monkeypatch, capsys
     assert err.count("nanochat.dataset: error:") == 1 and "is the mirror running?" in err and "Traceback" not in err
 
 
-def _open_shard_files() -> int:
-    """How many parquet files this process has open right now (Linux: /proc/self/fd)."""
+def _open_shard_files(shards: list[str]) -> int:
+    """How many of these shard files this process has open right now (Linux: /proc/self/fd)."""
+    wanted = {os.path.realpath(path) for path in shards}
     fds = "/proc/self/fd"
     names = []
     for fd in os.listdir(fds):
@@ -65,7 +66,7 @@ def _open_shard_files() -> int:
             names.append(os.readlink(os.path.join(fds, fd)))
         except OSError:  # closed while we looked
             pass
-    return sum(name.endswith(".parquet") for name in names)
+    return sum(name in wanted for name in names)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files through /proc")
@@ -75,7 +76,7 @@ def test_only_the_shard_being_read_is_open(shards):
     open_counts = []
     for _ in range(2 * groups_per_shard + 1):  # through both train shards and back to the first
         next(it)
-        open_counts.append(_open_shard_files())
+        open_counts.append(_open_shard_files(shards))
     assert max(open_counts) == 1, open_counts
     it.close()
-    assert _open_shard_files() == 0
+    assert _open_shard_files(shards) == 0
