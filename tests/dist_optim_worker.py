@@ -73,9 +73,7 @@ def main(out_dir: str) -> None:
         assert torch.equal(a, b), f"rank {info.rank}: {name} differs after resuming from the checkpoint"
 
     names = {p: name for name, p in model.named_parameters()}
-    in_optimizer_order = [p for group in optimizer.param_groups for p in group["params"]]
-    owned_grads = {names[p]: p.grad for i, p in enumerate(in_optimizer_order)
-                   if i % info.world_size == info.rank}  # parameter i belongs to rank i % world_size
+    owned_grads = {names[p]: p.grad for _, p, owner in optimizer.ownership() if owner == info.rank}
     torch.save({"state": model.state_dict(), "owned": len(optimizer.state), "grads": owned_grads},
                os.path.join(out_dir, f"rank{info.rank}.pt"))
     destroy_distributed()

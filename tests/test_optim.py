@@ -99,7 +99,9 @@ def test_two_ranks_match_one_process(tmp_path):
     worker.train(model, optimizer, range(worker.TOTAL_STEPS))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     n_params = len(list(model.parameters()))
-    assert [r["owned"] for r in ranks] == [n_params // 2, n_params - n_params // 2]  # state is sharded
+    owners = [owner for _, _, owner in optimizer.ownership(world_size=2)]
+    assert [r["owned"] for r in ranks] == [owners.count(0), owners.count(1)]  # state is sharded
+    assert 0 < owners.count(0) < n_params
     # Each owner averaged the two ranks' gradients: the same as one process on the whole batch.
     # (Muon and Adam barely notice a gradient's scale, so a sum would pass the weights check below.)
     owned_grads = {**ranks[0]["grads"], **ranks[1]["grads"]}
@@ -111,11 +113,32 @@ def test_two_ranks_match_one_process(tmp_path):
         torch.testing.assert_close(ranks[0]["state"][name], value, atol=2e-5, rtol=1e-4, msg=name)
 
 
-def test_ownership_is_round_robin_over_every_parameter():
-    model = build_model(GPTConfig(sequence_len=8, vocab_size=32, n_layer=2, n_head=1, n_kv_head=1, n_embd=16))
+def test_ownership_chunks_same_shaped_matrices():
+    model = build_model(GPTConfig(sequence_len=8, vocab_size=32, n_layer=3, n_head=2, n_kv_head=1, n_embd=16))
     optimizer = model.setup_optimizers()
-    owned = optimizer.ownership(world_size=3)
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    assert [p for _, p, _ in owned] == params  # each parameter once, in the order step() visits them
-    assert [owner for _, _, owner in owned] == [i % 3 for i in range(len(params))]
+    units = optimizer.units(world_size=2)
+    owned = optimizer.ownership(world_size=2)
+    assert sorted(id(p) for _, p, _ in owned) == sorted(id(p) for p in params)  # each parameter once
+    for group, tensors, owners in units:
+        assert all(p.shape == tensors[0].shape for p in tensors)
+        assert all(any(p is q for q in group["params"]) for p in tensors)  # a unit never mixes groups
+        assert owners == [0, 1] if len(tensors) == 2 else len(tensors) == 1
+    # 3 layers x (q, proj), (k, v), fc, mlp proj: per shape 6, 6, 3, 3 matrices -> 3 + 3 + 1 + 1 chunks
+    # and 1 + 1 leftovers, plus lm_head and wte: 4 leftovers, spread round-robin
+    assert [len(t) for _, t, _ in units].count(2) == 8
+    leftovers = [owners[0] for _, t, owners in units if len(t) == 1]
+    assert sorted(leftovers) == [0, 0, 1, 1]
+    counts = [sum(owner == r for _, _, owner in owned) for r in (0, 1)]
+    assert counts == [len(params) // 2, len(params) // 2]  # balanced
     assert {owner for _, _, owner in optimizer.ownership()} == {0}  # one process owns everything
+
+
+def test_a_chunk_with_some_gradients_missing_is_refused(monkeypatch):
+    model, optimizer = worker.make_model()
+    model(*worker.batch(0)).backward()
+    monkeypatch.setattr("nanochat.common.get_world_size", lambda: 2)  # chunks of 2 (no messages are reached)
+    chunk = next(params for _, params, _ in optimizer.units(2) if len(params) == 2)
+    chunk[1].grad = None
+    with pytest.raises(ValueError, match="1 of 2 same-shaped"):
+        optimizer.step()
