@@ -29,6 +29,7 @@ from nanochat.common import PHASES, checkpoint_dir, phase_dir  # noqa: F401 (re-
 from nanochat.gpt import GPT, GPTConfig, build_model
 
 _META_NAME = re.compile(r"^meta_(\d{6,})\.json$")
+_STEP_FILE = re.compile(r"^(?:model|optim|loader|meta)_(\d{6,})(?:_rank\d+)?\.(?:pt|json)$")  # _paths' names
 
 
 class CheckpointError(RuntimeError):
@@ -95,6 +96,28 @@ def find_last_step(folder: str) -> int | None:
     """The last complete step in a folder, or None if there is none (a fresh run)."""
     steps = complete_steps(folder)
     return steps[-1] if steps else None
+
+
+def prune_checkpoints(folder: str, keep: int) -> list[int]:
+    """Delete every step but the last `keep` complete ones (keep <= 0: keep all); returns the steps deleted.
+
+    A d20 checkpoint is ~5 GB (fp32 weights and every rank's optimizer state), so hours of periodic
+    saves fill a disk. Older leftovers of an interrupted save (files without a meta) go too. A
+    step's meta file is removed first, so a step half deleted is never taken for complete.
+    """
+    steps = complete_steps(folder)
+    if keep <= 0 or len(steps) <= keep:
+        return []
+    oldest_kept = steps[-keep]
+    by_step = {}
+    for name in os.listdir(folder):
+        match = _STEP_FILE.match(name)
+        if match and int(match.group(1)) < oldest_kept:
+            by_step.setdefault(int(match.group(1)), []).append(name)
+    for step, names in sorted(by_step.items()):
+        for name in sorted(names, key=lambda n: not n.startswith("meta_")):  # the meta file first
+            os.remove(os.path.join(folder, name))
+    return sorted(by_step)
 
 
 def _load_file(path: str, device) -> object:

@@ -419,17 +419,20 @@ def is_due(step: int, every: int, last_step: bool) -> bool:
 # Checkpoints of a whole training state
 
 
-def save_training_state(folder: str, step: int, model, optimizer, loader, meta: dict) -> None:
+def save_training_state(folder: str, step: int, model, optimizer, loader, meta: dict, keep: int = 0) -> None:
     """Everything needed to continue exactly: weights, this rank's optimizer shard and loader position, meta.
 
     Every rank calls it. meta carries the config, the history and the throughput counters.
     loader is None when the data position is a function of the step alone (RL's prompts).
+    keep > 0 keeps only the last `keep` checkpoints in folder (0: all of them).
     """
     ckpt.save_checkpoint(folder, step, model.state_dict(), optimizer.state_dict(), meta,
                          loader_state=None if loader is None else loader.state_dict(), rank=get_rank())
+    if get_rank() == 0 and (deleted := ckpt.prune_checkpoints(folder, keep)):
+        print0(f"removed the checkpoint(s) of step {', '.join(map(str, deleted))}: keeping the last {keep}")
 
 
-RESUME_KEYS = ("resume_from_step", "auto_resume")  # how a run starts, not what it trains
+RESUME_KEYS = ("resume_from_step", "auto_resume", "keep_checkpoints")  # how a run starts and stores, not what it trains
 
 
 def resumable_step(folder: str, params: dict) -> int:

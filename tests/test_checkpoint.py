@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nanochat.checkpoint import (CheckpointError, checkpoint_dir, find_checkpoint, find_last_step, load_checkpoint,
-                                 load_model, most_trained_phase, save_checkpoint)
+                                 load_model, most_trained_phase, prune_checkpoints, save_checkpoint)
 from nanochat.gpt import GPTConfig, build_model
 
 CONFIG = GPTConfig(sequence_len=16, vocab_size=64, n_layer=2, n_head=2, n_kv_head=2, n_embd=64)
@@ -61,6 +61,21 @@ def test_step_without_meta_is_not_complete(tmp_path):
     assert find_last_step(str(tmp_path)) == 5
     with pytest.raises(FileNotFoundError, match=r"step 10.*complete steps there: \[5\]"):
         load_checkpoint(str(tmp_path), 10)
+
+
+def test_prune_keeps_the_last_complete_steps(tmp_path):
+    model, optimizer = make_model()
+    for step in (10, 20, 30, 40):
+        save(tmp_path, step, model, optimizer)
+    torch.save({}, tmp_path / "optim_000005_rank1.pt")  # an older save that died before its meta
+    torch.save({}, tmp_path / "model_000050.pt")         # a newer one, perhaps still being written
+    assert prune_checkpoints(str(tmp_path), 0) == [] and find_last_step(str(tmp_path)) == 40  # 0 keeps all
+    assert prune_checkpoints(str(tmp_path), 2) == [5, 10, 20]
+    kept = [f"{kind}_{step:06d}{suffix}" for step in (30, 40) for kind, suffix in
+            (("model", ".pt"), ("optim", "_rank0.pt"), ("loader", "_rank0.pt"), ("meta", ".json"))]
+    assert sorted(os.listdir(tmp_path)) == sorted(kept + ["model_000050.pt"])
+    load_checkpoint(str(tmp_path), 30)  # what is kept still loads
+    assert prune_checkpoints(str(tmp_path), 2) == []
 
 
 def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
