@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from nanochat import ui
 from nanochat.common import PHASES
 from nanochat.stages import NOTEBOOKS_DIR, PipelineError, list_profiles
 
@@ -96,10 +97,10 @@ def add_model_arguments(c) -> None:
     c.add_argument("--phase", choices=PHASES, help="which model (default: the most trained there is)")
     c.add_argument("--depth", type=int, help="model depth (default: the largest of that phase)")
     c.add_argument("--step", type=int, help="checkpoint step (default: the last)")
-    c.add_argument("--temperature", type=bounded(float, "temperature"), default=0.6, help="0 = greedy (0 to 2)")
-    c.add_argument("--top-k", type=bounded(int, "top_k"), default=50,
+    c.add_argument("--temperature", type=bounded(float, "temperature"), default=ui.TEMPERATURE, help="0 = greedy (0 to 2)")
+    c.add_argument("--top-k", type=bounded(int, "top_k"), default=ui.TOP_K,
                    help="sample from the k likeliest tokens; 0 = from all of them")
-    c.add_argument("--max-tokens", type=bounded(int, "max_tokens"), default=256, help="longest reply, in tokens")
+    c.add_argument("--max-tokens", type=bounded(int, "max_tokens"), default=ui.MAX_TOKENS, help="longest reply, in tokens")
     c.add_argument("--device", type=available_device, help="cuda, mps or cpu (default: the best there is)")
 
 

@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import torch
 from base_dirs import using_base_dir
 from chat_models import GuessingModel, OracleModel
 from dist_loader_worker import byte_tokenizer
@@ -78,3 +79,28 @@ def test_two_ranks_grade_like_one(tasks, tmp_path):
     launch_two_ranks(os.path.join(os.path.dirname(__file__), "dist_chat_eval_worker.py"), tmp_path / "out.json", 41)
     together = json.loads((tmp_path / "out.json").read_text())
     assert alone.total == 41 and together == {"correct": alone.correct, "total": 41}
+
+
+def test_the_format_rates_of_an_oracle_are_all_one(tasks):
+    tokenizer = byte_tokenizer()
+    conversations = [tasks["MMLU"][i] for i in range(3)] + [tasks["GSM8K"][i] for i in range(3)]
+    rates = chat.format_rates(OracleModel(tokenizer, conversations), tokenizer, conversations, max_tokens=2048)
+    assert rates["counts"] == {"ends": [6, 6], "ends_sampled": [6, 6], "letter": [3, 3], "tool": [3, 3]}
+
+
+class LoopingModel(GuessingModel):
+    """Prefers one filler byte over <|assistant_end|>, but not by much: greedy never stops, sampling soon does."""
+
+    def next_logits(self, history):
+        logits = torch.zeros(self.config.vocab_size)
+        logits[self.tokenizer.encode("a")[0]] = 3.0
+        logits[self.tokenizer.encode_special("<|assistant_end|>")] = 2.5  # ~1 in 4 at temperature 0.6
+        return logits
+
+
+def test_greedy_loops_are_counted_apart_from_sampled_replies(tasks):
+    tokenizer = byte_tokenizer()
+    conversations = [tasks["MMLU"][i] for i in range(4)]
+    rates = chat.format_rates(LoopingModel(tokenizer), tokenizer, conversations, max_tokens=48)
+    assert rates["ends"] == 0.0 and rates["ends_sampled"] == 1.0
+    assert rates["letter"] == 0.0 and rates["tool"] is None  # 48 a's are no letter; no problem wants the tool

@@ -153,13 +153,16 @@ def confidence_interval(correct: int, total: int, z: float = 1.96) -> tuple[floa
 
 # ---- the chat format: what a small model can learn, measured
 
-def reply_tokens(engine: Engine, conversation: dict, max_tokens: int) -> tuple[list[int], bool]:
-    """The model's greedy reply (tool output included) and whether it ended with <|assistant_end|> in time."""
+def reply_tokens(engine: Engine, conversation: dict, max_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int = 42) -> tuple[list[int], bool]:
+    """The model's reply (greedy unless a temperature is given; tool output included) and whether it
+    ended with <|assistant_end|> in time."""
     prompt = engine.tokenizer.render_for_completion(conversation)
     max_tokens = max(0, min(max_tokens, engine.model.config.sequence_len - len(prompt)))
     assistant_end = engine.tokenizer.encode_special("<|assistant_end|>")
     reply = []
-    for column, _ in engine.generate(prompt, num_samples=1, max_tokens=max_tokens, temperature=0.0):
+    for column, _ in engine.generate(prompt, num_samples=1, max_tokens=max_tokens, temperature=temperature,
+                                     top_k=top_k, seed=seed):
         if column[0] in engine.stop_tokens:
             return reply, column[0] == assistant_end
         reply.append(column[0])
@@ -180,21 +183,29 @@ def used_a_tool(tokenizer, reply: list[int]) -> bool:
 
 
 def format_rates(model, tokenizer, conversations: list[dict], max_tokens: int = 64) -> dict:
-    """How often replies to held-out prompts have the chat format right, greedy:
+    """How often replies to held-out prompts have the chat format right:
 
-    ends    the reply ends with <|assistant_end|> within max_tokens (it hands the turn back)
-    letter  a multiple-choice reply is exactly one of the allowed letters
-    tool    a reply to a problem whose reference uses the calculator makes a call, reads its output, goes on
+    ends          the greedy reply ends with <|assistant_end|> within max_tokens (it hands the turn back)
+    ends_sampled  the same for a reply sampled as the chat samples (nanochat.ui: temperature 0.6, top-k 50):
+                  greedy decoding of a small model falls into loops that sampling escapes
+    letter        a greedy multiple-choice reply is exactly one of the allowed letters
+    tool          a greedy reply to a problem whose reference uses the calculator makes a call, reads its
+                  output, goes on
     Each is a fraction of the prompts it applies to (None when none does), with the counts.
     """
+    from nanochat import ui
+
     engine = Engine(model, tokenizer)
-    counts = {"ends": [0, 0], "letter": [0, 0], "tool": [0, 0]}
+    counts = {"ends": [0, 0], "ends_sampled": [0, 0], "letter": [0, 0], "tool": [0, 0]}
     was_training = model.training
     model.eval()
-    for conversation in conversations:
+    for i, conversation in enumerate(conversations):
         reply, ended = reply_tokens(engine, conversation, max_tokens)
         counts["ends"][0] += ended
         counts["ends"][1] += 1
+        _, ended = reply_tokens(engine, conversation, max_tokens, ui.TEMPERATURE, ui.TOP_K, seed=i)
+        counts["ends_sampled"][0] += ended
+        counts["ends_sampled"][1] += 1
         if "letters" in conversation:
             counts["letter"][0] += tokenizer.decode(reply).strip() in conversation["letters"]
             counts["letter"][1] += 1
@@ -234,8 +245,8 @@ def held_out_prompts(n: int) -> list[dict]:
     return [task[i] for task in (MMLU("all", "validation"), GSM8K("test"), SmolTalk("test")) for i in range(n)]
 
 
-FORMAT_LABELS = {"ends": "ends with\n<|assistant_end|>", "letter": "one valid\nletter", "tool": "tool call\nused",
-                 "p_letters": "p(letters)"}
+FORMAT_LABELS = {"ends": "ends with\n<|assistant_end|>", "ends_sampled": "ends, sampled\nas the chat does",
+                 "letter": "one valid\nletter", "tool": "tool call\nused", "p_letters": "p(letters)"}
 
 
 def plot_format(before: dict, after: dict, names: tuple[str, str], ax) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from nanochat.engine import Engine
+from nanochat.ui import MAX_TOKENS, TEMPERATURE, TOP_K
 
 TOOL_TOKENS = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")
 
@@ -34,8 +35,8 @@ class Event:
 class ChatSession:
     """A conversation with one model; send() streams the assistant's reply and remembers it."""
 
-    def __init__(self, model, tokenizer, temperature: float = 0.6, top_k: int | None = 50, max_tokens: int = 256,
-                 seed: int = 42):
+    def __init__(self, model, tokenizer, temperature: float = TEMPERATURE, top_k: int | None = TOP_K,
+                 max_tokens: int = MAX_TOKENS, seed: int = 42):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.engine = Engine(model, tokenizer)
         self.temperature, self.top_k, self.max_tokens, self.seed = temperature, top_k, max_tokens, seed
