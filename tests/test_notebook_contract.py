@@ -40,9 +40,19 @@ def contract_problems(notebook: Path) -> list[str]:
     title = source(all_cells[0]) if all_cells and all_cells[0]["cell_type"] == "markdown" else ""
     if not re.match(rf"# {name[:2]} · ", title):
         problems.append(f"the first cell should be a markdown title '# {name[:2]} · ...'")
-    for word in ("**Reads**", "**Writes**", "**Time"):
+    for word in ("**Reads**", "**Writes**", "**Time:**"):
         if word not in title:
             problems.append(f"the title cell should say {word}")
+    if not re.search(r"You will learn:\n\n1\. [^\n]+\n(?:   [^\n]+\n)*2\. ", title):
+        problems.append("the title cell should list the objectives as 'You will learn:' and a numbered list")
+    headers = [line for c in all_cells if c["cell_type"] == "markdown"
+               for line in source(c).split("\n") if line.startswith("## ")]
+    lessons = [h for h in headers if h not in ("## Checks and the report", "## What you learned")]
+    numbered = [int(m.group(1)) if (m := re.match(r"## (\d+)\. ", h)) else None for h in lessons]
+    if numbered != list(range(1, len(lessons) + 1)):
+        problems.append(f"the sections should be numbered '## 1. ...', '## 2. ...' in order: {lessons}")
+    if "## Checks and the report" not in headers:
+        problems.append("no '## Checks and the report' section before the ending")
     tagged = [c for c in all_cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(tagged) != 1:
         problems.append(f"{len(tagged)} cells are tagged `parameters`; a stage has exactly one")
@@ -80,6 +90,7 @@ def test_our_reading_of_the_parameters_cell_is_papermills(notebook):
 def test_the_checker_catches_a_broken_notebook(tmp_path):
     nb = json.loads(NOTEBOOKS[0].read_text())
     nb["cells"][0]["source"] = ["# A title without the facts"]
+    nb["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": ["## An unnumbered section"]})
     nb["cells"] = [c for c in nb["cells"] if "stage.finish(" not in source(c)]
     nb["cells"].append({"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": 3,
                         "outputs": [{"output_type": "stream", "name": "stdout", "text": "x"}],
@@ -88,5 +99,5 @@ def test_the_checker_catches_a_broken_notebook(tmp_path):
     broken.write_text(json.dumps(nb))
     problems = " | ".join(contract_problems(broken))
     for expected in ("markdown title", "**Reads**", "2 cells are tagged", "outputs are committed",
-                     "stage.finish", "print( found", "no ## What you learned"):
+                     "stage.finish", "print( found", "no ## What you learned", "You will learn:", "numbered"):
         assert expected in problems
