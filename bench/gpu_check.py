@@ -141,7 +141,7 @@ def check_fa3(args) -> str:
 
 def random_base_dir(args, folder: Path) -> None:
     """A base dir that notebook 09 can load: a byte-level tokenizer and a random base model."""
-    tokenizer = Tokenizer.from_ranks({bytes([i]): i for i in range(256)})
+    tokenizer = Tokenizer.bytes_only()
     (folder / "tokenizer").mkdir(parents=True)
     tokenizer.save(str(folder / "tokenizer"))
     config = config_for_depth(args.depth, vocab_size=tokenizer.get_vocab_size(), sequence_len=args.seq_len)
@@ -183,7 +183,7 @@ def check_notebooks(args) -> str:
 
 def check_decode(args) -> str:
     """How fast the Engine writes, one row and eight rows at a time."""
-    tokenizer = Tokenizer.from_ranks({bytes([i]): i for i in range(256)})
+    tokenizer = Tokenizer.bytes_only()
     config = config_for_depth(args.depth, vocab_size=tokenizer.get_vocab_size(), sequence_len=args.seq_len)
     model = build_model(config, args.device).eval()
     engine = Engine(model, tokenizer, tool=None)

@@ -48,7 +48,7 @@ def main():
     torch.manual_seed(0)
     config = config_for_depth(args.depth, vocab_size=args.vocab, sequence_len=args.prompt_tokens + args.tokens)
     model = build_model(config, args.device).eval()
-    tokenizer = Tokenizer.from_ranks({bytes([i]): i for i in range(256)})  # only its special tokens are used
+    tokenizer = Tokenizer.bytes_only()  # only its special tokens are used
     engine = Engine(model, tokenizer, tool=None)
     engine.stop_tokens = set()  # every reply runs its full length, so both ways draw the same tokens
     prompt = [tokenizer.get_bos_token_id()] + torch.randint(0, 256, (args.prompt_tokens - 1,)).tolist()

@@ -49,6 +49,12 @@ def without_resume(parameters: dict) -> dict:
     return {k: v for k, v in parameters.items() if k != AUTO_RESUME}
 
 
+def effective(stage: Stage, parameters: dict) -> dict:
+    """What a stage computes with these overrides: its notebook's defaults, overridden (a default
+    passed with -p is the same run as one left out)."""
+    return without_resume({**stage.declared, **parameters})
+
+
 def run_stage(stage: Stage, run_dir: Path, dist_timeout: float, cluster: Cluster | None = None,
               stage_index: int = 0, distributed: bool | None = None) -> float:
     """Execute one stage (1 process or torchrun) and mark it complete; returns wall seconds.
@@ -137,7 +143,7 @@ def run(args) -> None:
         elif is_complete(stage, run_dir) and not args.force:
             status = "skip: complete"
             done = json.loads((run_dir / f"{stage.name}.done").read_text())
-            if without_resume(done.get("parameters", {})) != without_resume(stage.parameters):
+            if effective(stage, done.get("parameters", {})) != effective(stage, stage.parameters):
                 status += " (with different parameters: --force to rerun)"
         else:
             status = "run" + (", continuing from its last checkpoint if it has one"

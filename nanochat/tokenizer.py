@@ -55,6 +55,12 @@ class Tokenizer:
         special = {token: n + i for i, token in enumerate(SPECIAL_TOKENS)}
         return cls(tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=mergeable_ranks, special_tokens=special))
 
+    @classmethod
+    def bytes_only(cls):
+        """256 byte tokens and the specials, no merges: needs no training, and ids decode to the exact text
+        (for tests and benchmarks, where what matters is the plumbing, not the compression)."""
+        return cls.from_ranks({bytes([i]): i for i in range(256)})
+
     def save(self, directory: str) -> None:
         """Write the three files (each atomically: temp name, then rename)."""
         ranks = sorted(self.enc._mergeable_ranks.items(), key=lambda kv: kv[1])

@@ -20,7 +20,7 @@ TAG = re.compile(r"^\[(\w+) (\d+)\.(\d+)\]")
 
 def byte_tokenizer() -> Tokenizer:
     """256 byte tokens + the specials: no training needed, and ids decode to the exact text."""
-    return Tokenizer.from_ranks({bytes([i]): i for i in range(256)})
+    return Tokenizer.bytes_only()
 
 
 def tags_in(inputs, tokenizer) -> list[str]:

@@ -20,7 +20,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     """256 byte tokens + the 9 specials (ids 256..264): no training needed."""
-    return Tokenizer.from_ranks({bytes([i]): i for i in range(256)})
+    return Tokenizer.bytes_only()
 
 
 @pytest.fixture(scope="module")

@@ -217,6 +217,11 @@ def test_interrupted_run_resumes_and_force_reruns(tmp_path, base_dir, capsys):
     out = capsys.readouterr().out
     assert "01_first         nproc 1  skip: complete" in out
     assert stage_log(base_dir) == ["01_first first", "02_second"]
+    for note, differs in (("first", False), ("other", True)):  # the default passed explicitly: the same run
+        assert cli.main(["run", "--run", "r", "--notebooks", nbs, "--only", "01", "-p", f"note={note}", "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "01_first         nproc 1  skip: complete" in out
+        assert ("with different parameters" in out) == differs, out
     assert header.stat().st_mtime_ns == header_written  # resuming keeps the report's header
     assert json.loads((run_dir / "02_second.done").read_text())["wall_time_s"] > 0
     assert (tmp_path / "report.md").exists()
