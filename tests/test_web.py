@@ -17,8 +17,8 @@ def make_server(base_dir):
     model, tokenizer = tiny_chat_model(sequence_len=256)
     servers = []
 
-    def make(workers=1, reply="Paris is the capital.", endless=False, delay=0.0, **kwargs):
-        sessions = [ChatSession(model, tokenizer, max_tokens=200) for _ in range(workers)]
+    def make(workers=1, reply="Paris is the capital.", endless=False, delay=0.0, settings=None, **kwargs):
+        sessions = [ChatSession(model, tokenizer, **({"max_tokens": 200} | (settings or {}))) for _ in range(workers)]
         for session in sessions:
             script(session, tokenizer.encode(reply), endless=endless, delay=delay)
         server = BackgroundServer(create_app(sessions, **kwargs))
@@ -43,6 +43,14 @@ def stream_events(client, url, body):
         for line in response.iter_lines():
             if line.startswith("data: "):
                 yield time.perf_counter() - start, json.loads(line[len("data: "):])
+
+
+def test_the_page_starts_from_the_servers_sampling_settings(make_server):
+    server = make_server(settings={"temperature": 0.25, "top_k": 7})
+    with httpx.Client(timeout=30) as client:
+        page = client.get(server.url + "/").text
+    assert 'id="temperature" type="number" min="0" max="2" step="0.05" value="0.25"' in page
+    assert 'id="top_k" type="number" min="0" max="200" step="1" value="7"' in page
 
 
 def test_the_page_health_and_a_streamed_reply(make_server):

@@ -160,9 +160,13 @@ def create_app(sessions: list[ChatSession], max_queue: int = 16, limits: Limits 
 
     app = FastAPI(title="nanochat", docs_url=None, redoc_url=None, lifespan=lifespan)
 
+    # the page starts from the server's sampling settings (`nanochat serve --temperature ...`)
+    page_html = PAGE.read_text().replace("__TEMPERATURE__", str(defaults["temperature"])).replace(
+        "__TOP_K__", str(defaults["top_k"]))
+
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return PAGE.read_text()
+        return page_html
 
     @app.get("/health")
     async def health():
