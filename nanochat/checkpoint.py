@@ -98,21 +98,26 @@ def find_last_step(folder: str) -> int | None:
     return steps[-1] if steps else None
 
 
-def prune_checkpoints(folder: str, keep: int) -> list[int]:
-    """Delete every step but the last `keep` complete ones (keep <= 0: keep all); returns the steps deleted.
+def prune_checkpoints(folder: str, keep: int, newest: int) -> list[int]:
+    """After saving step `newest`, delete every step but the last `keep` complete ones up to it
+    (keep <= 0: keep all); returns the steps deleted.
 
     A d20 checkpoint is ~5 GB (fp32 weights and every rank's optimizer state), so hours of periodic
-    saves fill a disk. Older leftovers of an interrupted save (files without a meta) go too. A
-    step's meta file is removed first, so a step half deleted is never taken for complete.
+    saves fill a disk. Steps after `newest` are another run's (one started over with --force, or
+    fresh beside another run's checkpoints): they go too, or they would count as this run's latest.
+    So do the files of interrupted saves (no meta). Only this run writes here, and only rank 0
+    prunes, after every rank has finished the save. A step's meta file is removed first, so a step
+    half deleted is never taken for complete.
     """
-    steps = complete_steps(folder)
-    if keep <= 0 or len(steps) <= keep:
+    if keep <= 0:
         return []
-    oldest_kept = steps[-keep]
+    kept = [step for step in complete_steps(folder) if step <= newest][-keep:]
+    if newest not in kept:
+        raise ValueError(f"prune_checkpoints: step {newest} is not a complete checkpoint in {folder}")
     by_step = {}
     for name in os.listdir(folder):
         match = _STEP_FILE.match(name)
-        if match and int(match.group(1)) < oldest_kept:
+        if match and int(match.group(1)) not in kept:
             by_step.setdefault(int(match.group(1)), []).append(name)
     for step, names in sorted(by_step.items()):
         for name in sorted(names, key=lambda n: not n.startswith("meta_")):  # the meta file first

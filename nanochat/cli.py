@@ -60,10 +60,8 @@ def add_report(commands) -> None:
 
 
 def bounded(kind, name: str):
-    """An argparse type: a number of `kind` within the web server's limits for `name` (nanochat/ui/web.py)."""
-    from nanochat.ui.web import Limits
-
-    low, high = getattr(Limits(), name)
+    """An argparse type: a number of `kind` within the web server's limits for `name` (nanochat/ui)."""
+    low, high = getattr(ui.Limits(), name)
 
     def parse(text: str):
         try:

@@ -197,6 +197,7 @@ def tqdm(*args, **kwargs):
         from tqdm.std import tqdm as text_bar
 
         kwargs.setdefault("mininterval", 30.0)
+        kwargs.setdefault("position", 0)  # a nested bar would move the cursor with escape codes a notebook shows raw
         return text_bar(*args, **kwargs)
     from tqdm.auto import tqdm as auto_bar
 

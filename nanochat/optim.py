@@ -7,20 +7,22 @@ however lopsided the raw gradient was. It only makes sense for matrices that map
 vector space to another, so the embedding, the lm_head (and any vector parameters) use AdamW.
 
 Distributed (torch.distributed initialised with world_size W > 1) this optimizer replaces
-DDP, ZeRO-2 style. Each parameter has one owner rank, and only the owner keeps its optimizer
-state and computes its update. Muon needs whole matrices (Newton-Schulz mixes all of a
+DDP. Each parameter has one owner rank, and only the owner keeps its optimizer state and
+computes its update (ZeRO-1: the optimizer state is sharded; every rank still holds all the
+weights and gradients). Muon needs whole matrices (Newton-Schulz mixes all of a
 matrix), so ownership is by whole tensors. The rule (`MuonAdamW.units`):
   - within a param group, same-shaped tensors are taken W at a time: tensor j of such a
     chunk belongs to rank j. A chunk travels as one reduce-scatter (rank j receives the sum
     of every rank's gradient of tensor j) and, after the update, one all-gather (every rank
     receives every owner's new values).
-  - the tensors left over (fewer than W of a shape, e.g. the embedding and lm_head) go
-    round-robin, each on its own: reduce onto the owner, update, broadcast from it.
-d20 on 8 GPUs has 120 block matrices of 4 shapes: 14 chunks, 8 leftovers and the 2 AdamW
-tensors: 24 + 24 collectives a step instead of 122 + 122. All of them start at once, so
-the owners compute while later chunks are still on the wire. reduce-scatter, all-gather,
-reduce and broadcast exist on every backend (nccl and gloo), so there is no backend-specific
-path. With W == 1 every tensor is rank 0's and nothing is communicated: the single-process
+  - the tensors left over (the last count % W of each shape, and tensors alone in their group
+    such as the embedding and lm_head) go round-robin, each on its own: reduce onto the
+    owner, update, broadcast from it.
+d20 on 8 GPUs has 120 block matrices of 3 shapes (80 square, 20 + 20 of the MLP): 14 chunks,
+8 leftovers, and the 2 AdamW tensors: 24 + 24 collectives a step instead of 122 + 122. All of them start at once, so
+the owners compute while later chunks are still on the wire. reduce-scatter (of one stacked
+tensor), all-gather, reduce and broadcast exist on nccl and gloo, so there is no
+backend-specific path. With W == 1 every tensor is rank 0's and nothing is communicated: the single-process
 optimizer is the same code.
 
 The communication starts after backward, not during it. On paper that costs little: d20 on
@@ -115,7 +117,8 @@ class MuonAdamW(torch.optim.Optimizer):
     """Each param group has kind "muon" (lr, momentum, nesterov, ns_steps) or "adamw" (lr, betas, eps, weight_decay).
 
     Every rank must hold the same parameters in the same order, and the same ones must
-    have gradients (None gradients are skipped everywhere).
+    have gradients (a chunk or leftover whose gradients are None is skipped; a chunk with
+    only some of them None is refused).
     """
 
     OWNERSHIP = "shape-chunks"  # the rule units() implements; saved with the state (see load_state_dict)
@@ -162,7 +165,8 @@ class MuonAdamW(torch.optim.Optimizer):
     def step(self) -> None:
         """Average the gradients across ranks and update every parameter (each on its owner rank).
 
-        Afterwards an owner's p.grad holds the mean gradient it used (other ranks' keep their own).
+        Afterwards an owner's p.grad holds the mean gradient it used (on other ranks p.grad is
+        scratch: a backend may have written partial sums into it).
         """
         rank, world = common.get_rank(), common.get_world_size()
         units = []
@@ -201,7 +205,8 @@ class MuonAdamW(torch.optim.Optimizer):
         if len(params) == 1:
             return dist.reduce(params[0].grad, dst=owners[0], async_op=True), None
         received = torch.empty_like(params[owners.index(rank)].grad)  # its own buffer: no input aliased
-        return dist.reduce_scatter(received, [p.grad for p in params], async_op=True), received
+        stacked = torch.cat([p.grad for p in params])  # (W * rows, cols): block j is summed onto rank j
+        return dist.reduce_scatter_tensor(received, stacked, async_op=True), received
 
     @staticmethod
     def _gather(params: list[torch.Tensor], owners: list[int], rank: int):
@@ -229,5 +234,6 @@ class MuonAdamW(torch.optim.Optimizer):
                              f"each rank owns different parameters, so resume with {saved_world} rank(s)")
         if world > 1 and saved_rule != self.OWNERSHIP:
             raise ValueError(f"this optimizer state was sharded by the older '{saved_rule}' rule, this code shards "
-                             f"by '{self.OWNERSHIP}': restart the stage from its weights (load_optimizer=False)")
+                             f"by '{self.OWNERSHIP}': finish the run with the code that started it, or start the "
+                             f"stage over (nanochat run --force)")
         super().load_state_dict(state_dict)

@@ -37,16 +37,16 @@ from pathlib import Path
 from nanochat import common
 from nanochat.cluster import Cluster
 from nanochat.launch import StageFailed, execute, run_distributed
-from nanochat.stages import (PipelineError, Stage, apply_and_validate, load_profile, parse_overrides, plan_stages,
-                             select_stages)
+from nanochat.stages import (RESUME_KEYS, PipelineError, Stage, apply_and_validate, load_profile, parse_overrides,
+                             plan_stages, select_stages)
 
 
 AUTO_RESUME = "auto_resume"  # a training notebook that declares it continues from its last checkpoint
 
 
 def without_resume(parameters: dict) -> dict:
-    """The parameters that say what a stage computes (how it starts does not count)."""
-    return {k: v for k, v in parameters.items() if k != AUTO_RESUME}
+    """The parameters that say what a stage computes (how it starts and stores does not count)."""
+    return {k: v for k, v in parameters.items() if k not in RESUME_KEYS}
 
 
 def effective(stage: Stage, parameters: dict) -> dict:

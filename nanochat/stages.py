@@ -28,6 +28,10 @@ from pathlib import Path
 
 from nanochat.common import STAGE_NAME, tomllib
 
+# Parameters that say how a training stage starts and stores its checkpoints, not what it computes:
+# a checkpoint or a complete stage made with other values of these is still the same run.
+RESUME_KEYS = ("resume_from_step", "auto_resume", "keep_checkpoints")
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROFILES_DIR = PACKAGE_DIR / "profiles"
 NOTEBOOKS_DIR = PACKAGE_DIR.parent / "notebooks"  # the repo's notebooks/, next to nanochat/

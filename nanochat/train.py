@@ -31,6 +31,7 @@ from nanochat.dataloader import build_val_loader
 from nanochat.dataset import split_files
 from nanochat.engine import Engine
 from nanochat.evaluation.loss import evaluate_bpb
+from nanochat.stages import RESUME_KEYS
 
 # -----------------------------------------------------------------------------
 # Batch arithmetic and the horizon
@@ -428,11 +429,10 @@ def save_training_state(folder: str, step: int, model, optimizer, loader, meta: 
     """
     ckpt.save_checkpoint(folder, step, model.state_dict(), optimizer.state_dict(), meta,
                          loader_state=None if loader is None else loader.state_dict(), rank=get_rank())
-    if get_rank() == 0 and (deleted := ckpt.prune_checkpoints(folder, keep)):
+    if get_rank() == 0 and (deleted := ckpt.prune_checkpoints(folder, keep, newest=step)):
         print0(f"removed the checkpoint(s) of step {', '.join(map(str, deleted))}: keeping the last {keep}")
 
 
-RESUME_KEYS = ("resume_from_step", "auto_resume", "keep_checkpoints")  # how a run starts and stores, not what it trains
 
 
 def resumable_step(folder: str, params: dict) -> int:

@@ -3,16 +3,16 @@ import json
 import sys
 
 from chat_models import GuessingModel
-from dist_loader_worker import byte_tokenizer
 
 from nanochat.common import destroy_distributed, init_distributed
 from nanochat.evaluation.chat import evaluate_task
 from nanochat.tasks.arc import ARC
+from nanochat.tokenizer import Tokenizer
 
 
 def main(out_path: str, max_problems: int):
     info = init_distributed("cpu", timeout_s=120)
-    tokenizer = byte_tokenizer()
+    tokenizer = Tokenizer.bytes_only()
     result = evaluate_task(GuessingModel(tokenizer), tokenizer, ARC("ARC-Easy", "test"), "cpu",
                            max_problems=max_problems)
     if info.rank == 0:

@@ -18,11 +18,6 @@ from nanochat.tokenizer import Tokenizer
 TAG = re.compile(r"^\[(\w+) (\d+)\.(\d+)\]")
 
 
-def byte_tokenizer() -> Tokenizer:
-    """256 byte tokens + the specials: no training needed, and ids decode to the exact text."""
-    return Tokenizer.bytes_only()
-
-
 def tags_in(inputs, tokenizer) -> list[str]:
     """The tag of every document whose start (<|bos|> + tag) is inside these rows."""
     bos = tokenizer.get_bos_token_id()
@@ -38,7 +33,7 @@ def tags_in(inputs, tokenizer) -> list[str]:
 
 def main(out_path: str, B: int = 2, T: int = 63, train_batches: int = 6):
     info = init_distributed("cpu", timeout_s=60)
-    tokenizer = byte_tokenizer()
+    tokenizer = Tokenizer.bytes_only()
     # every val document this rank reads, straight from its document stream
     stream = DocumentStream(tokenizer, "val", info.rank, info.world_size)
     read_tags = [TAG.match(tokenizer.decode(ids[1:])).group(0) for _, ids, _ in stream]

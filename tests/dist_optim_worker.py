@@ -18,7 +18,7 @@ from nanochat.common import destroy_distributed, init_distributed
 from nanochat.gpt import GPTConfig, build_model
 from nanochat.optim import muon_momentum
 
-CONFIG = GPTConfig(sequence_len=16, vocab_size=64, n_layer=2, n_head=2, n_kv_head=1, n_embd=64)
+CONFIG = GPTConfig(sequence_len=16, vocab_size=64, n_layer=3, n_head=2, n_kv_head=1, n_embd=64)  # 3: leftovers
 BATCH_SIZE = 4
 TOTAL_STEPS = 6
 RESUME_AT = 3

@@ -6,7 +6,6 @@ import pytest
 import torch
 from base_dirs import using_base_dir
 from chat_models import GuessingModel, OracleModel
-from dist_loader_worker import byte_tokenizer
 from torchrun import launch_two_ranks
 
 from nanochat.evaluation import chat
@@ -15,6 +14,7 @@ from nanochat.tasks.gsm8k import GSM8K
 from nanochat.tasks.humaneval import HumanEval
 from nanochat.tasks.mmlu import MMLU
 from nanochat.tasks.spellingbee import SpellingBee
+from nanochat.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def tasks(tmp_path_factory, data_pack):
 
 
 def test_an_oracle_scores_one_on_every_task_and_chatcore(tasks):
-    tokenizer = byte_tokenizer()
+    tokenizer = Tokenizer.bytes_only()
     problems = {name: [task[i] for i in chat.problem_order(len(task), 12)] for name, task in tasks.items()}
     oracle = OracleModel(tokenizer, [c for chosen in problems.values() for c in chosen])
     accuracies = {}
@@ -40,7 +40,7 @@ def test_an_oracle_scores_one_on_every_task_and_chatcore(tasks):
 
 
 def test_a_guesser_is_at_chance_on_multiple_choice(tasks):
-    tokenizer = byte_tokenizer()
+    tokenizer = Tokenizer.bytes_only()
     result = chat.evaluate_task(GuessingModel(tokenizer), tokenizer, tasks["MMLU"], "cpu", max_problems=300)
     assert result.total == 300
     assert abs(chat.centered(result.accuracy, 0.25)) < 0.15  # about 0, where an oracle gets 1
@@ -48,7 +48,7 @@ def test_a_guesser_is_at_chance_on_multiple_choice(tasks):
 
 def test_a_wrong_letter_is_graded_wrong(tasks):
     """The grader reads the letters' logits: a model sure of the wrong letter gets 0."""
-    tokenizer = byte_tokenizer()
+    tokenizer = Tokenizer.bytes_only()
     task = tasks["ARC-Easy"]
     problems = [task[i] for i in chat.problem_order(len(task), 8)]
     for conversation in problems:  # make every reference answer wrong: the next letter round
@@ -74,7 +74,7 @@ def test_confidence_interval_narrows_with_more_problems():
 
 @pytest.mark.distributed
 def test_two_ranks_grade_like_one(tasks, tmp_path):
-    tokenizer = byte_tokenizer()
+    tokenizer = Tokenizer.bytes_only()
     alone = chat.evaluate_task(GuessingModel(tokenizer), tokenizer, tasks["ARC-Easy"], "cpu", max_problems=41)
     launch_two_ranks(os.path.join(os.path.dirname(__file__), "dist_chat_eval_worker.py"), tmp_path / "out.json", 41)
     together = json.loads((tmp_path / "out.json").read_text())
@@ -82,7 +82,7 @@ def test_two_ranks_grade_like_one(tasks, tmp_path):
 
 
 def test_the_format_rates_of_an_oracle_are_all_one(tasks):
-    tokenizer = byte_tokenizer()
+    tokenizer = Tokenizer.bytes_only()
     conversations = [tasks["MMLU"][i] for i in range(3)] + [tasks["GSM8K"][i] for i in range(3)]
     rates = chat.format_rates(OracleModel(tokenizer, conversations), tokenizer, conversations, max_tokens=2048)
     assert rates["counts"] == {"ends": [6, 6], "ends_sampled": [6, 6], "letter": [3, 3], "tool": [3, 3]}
@@ -92,14 +92,14 @@ class LoopingModel(GuessingModel):
     """Prefers one filler byte over <|assistant_end|>, but not by much: greedy never stops, sampling soon does."""
 
     def next_logits(self, history):
-        logits = torch.zeros(self.config.vocab_size)
+        logits = torch.full((self.config.vocab_size,), float("-inf"))  # only these two can ever be drawn
         logits[self.tokenizer.encode("a")[0]] = 3.0
-        logits[self.tokenizer.encode_special("<|assistant_end|>")] = 2.5  # ~1 in 4 at temperature 0.6
+        logits[self.tokenizer.encode_special("<|assistant_end|>")] = 2.5  # 3 in 10 at temperature 0.6
         return logits
 
 
 def test_greedy_loops_are_counted_apart_from_sampled_replies(tasks):
-    tokenizer = byte_tokenizer()
+    tokenizer = Tokenizer.bytes_only()
     conversations = [tasks["MMLU"][i] for i in range(4)]
     rates = chat.format_rates(LoopingModel(tokenizer), tokenizer, conversations, max_tokens=48)
     assert rates["ends"] == 0.0 and rates["ends_sampled"] == 1.0

@@ -68,14 +68,26 @@ def test_prune_keeps_the_last_complete_steps(tmp_path):
     for step in (10, 20, 30, 40):
         save(tmp_path, step, model, optimizer)
     torch.save({}, tmp_path / "optim_000005_rank1.pt")  # an older save that died before its meta
-    torch.save({}, tmp_path / "model_000050.pt")         # a newer one, perhaps still being written
-    assert prune_checkpoints(str(tmp_path), 0) == [] and find_last_step(str(tmp_path)) == 40  # 0 keeps all
-    assert prune_checkpoints(str(tmp_path), 2) == [5, 10, 20]
+    assert prune_checkpoints(str(tmp_path), 0, newest=40) == [] and find_last_step(str(tmp_path)) == 40  # 0: all
+    assert prune_checkpoints(str(tmp_path), 2, newest=40) == [5, 10, 20]
     kept = [f"{kind}_{step:06d}{suffix}" for step in (30, 40) for kind, suffix in
             (("model", ".pt"), ("optim", "_rank0.pt"), ("loader", "_rank0.pt"), ("meta", ".json"))]
-    assert sorted(os.listdir(tmp_path)) == sorted(kept + ["model_000050.pt"])
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
     load_checkpoint(str(tmp_path), 30)  # what is kept still loads
-    assert prune_checkpoints(str(tmp_path), 2) == []
+    assert prune_checkpoints(str(tmp_path), 2, newest=40) == []
+
+
+def test_prune_after_a_restart_keeps_the_new_run_not_the_old_one(tmp_path):
+    """A run started over (--force) in a folder holding a longer run's steps: its own saves survive."""
+    model, optimizer = make_model()
+    for step in (1000, 2000, 3000):  # the old run
+        save(tmp_path, step, model, optimizer)
+    save(tmp_path, 1000, model, optimizer, run="new")
+    assert prune_checkpoints(str(tmp_path), 2, newest=1000) == [2000, 3000]
+    assert find_last_step(str(tmp_path)) == 1000  # the new run resumes from its own step
+    save(tmp_path, 2000, model, optimizer, run="new")
+    assert prune_checkpoints(str(tmp_path), 1, newest=2000) == [1000]
+    assert load_checkpoint(str(tmp_path), 2000).meta["run"] == "new"
 
 
 def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):

@@ -1,10 +1,10 @@
 """The chat stages' loader: one best-fit packer over conversations, with masks, crop or pad, exact resume."""
 import pytest
 import torch
-from dist_loader_worker import byte_tokenizer
 
 from nanochat.dataloader import build_conversation_loader
 from nanochat.tasks.common import Task
+from nanochat.tokenizer import Tokenizer
 
 
 class Chats(Task):
@@ -31,7 +31,7 @@ class Chats(Task):
 
 @pytest.fixture
 def tokenizer():
-    return byte_tokenizer()
+    return Tokenizer.bytes_only()
 
 
 def supervised_text(tokenizer, targets) -> str:

@@ -18,9 +18,10 @@ import torch
 from nanochat import common, dataset
 from nanochat.dataloader import (BestFitLoader, DocumentBuffer, StreamingLoader, build_train_loader,
                                  build_val_loader)
+from nanochat.tokenizer import Tokenizer
 
 sys.path.insert(0, os.path.dirname(__file__))
-from dist_loader_worker import byte_tokenizer, tags_in  # noqa: E402
+from dist_loader_worker import tags_in  # noqa: E402
 
 ROW_GROUP = 16
 SHARD_DOCS = (64, 48, 48)  # two train shards, then the val shard
@@ -28,7 +29,7 @@ SHARD_DOCS = (64, 48, 48)  # two train shards, then the val shard
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return byte_tokenizer()
+    return Tokenizer.bytes_only()
 
 
 @pytest.fixture

@@ -45,14 +45,17 @@ def contract_problems(notebook: Path) -> list[str]:
             problems.append(f"the title cell should say {word}")
     if not re.search(r"You will learn:\n\n1\. [^\n]+\n(?:   [^\n]+\n)*2\. ", title):
         problems.append("the title cell should list the objectives as 'You will learn:' and a numbered list")
+    claim = title.split("\n", 1)[-1].split("You will learn:")[0]
+    if len(claim.strip()) < 40:
+        problems.append("the title cell should open with a paragraph that makes the notebook's claim")
     headers = [line for c in all_cells if c["cell_type"] == "markdown"
                for line in source(c).split("\n") if line.startswith("## ")]
     lessons = [h for h in headers if h not in ("## Checks and the report", "## What you learned")]
     numbered = [int(m.group(1)) if (m := re.match(r"## (\d+)\. ", h)) else None for h in lessons]
     if numbered != list(range(1, len(lessons) + 1)):
         problems.append(f"the sections should be numbered '## 1. ...', '## 2. ...' in order: {lessons}")
-    if "## Checks and the report" not in headers:
-        problems.append("no '## Checks and the report' section before the ending")
+    if headers[-2:] != ["## Checks and the report", "## What you learned"]:
+        problems.append(f"the last two sections should be '## Checks and the report', '## What you learned': {headers[-2:]}")
     tagged = [c for c in all_cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(tagged) != 1:
         problems.append(f"{len(tagged)} cells are tagged `parameters`; a stage has exactly one")
@@ -99,5 +102,5 @@ def test_the_checker_catches_a_broken_notebook(tmp_path):
     broken.write_text(json.dumps(nb))
     problems = " | ".join(contract_problems(broken))
     for expected in ("markdown title", "**Reads**", "2 cells are tagged", "outputs are committed",
-                     "stage.finish", "print( found", "no ## What you learned", "You will learn:", "numbered"):
+                     "stage.finish", "print( found", "no ## What you learned", "You will learn:", "numbered", "claim"):
         assert expected in problems

@@ -96,13 +96,16 @@ def test_profiles_are_the_documented_ones():
     assert speedrun["parameters"] == {"depth": 20, "max_seq_len": 2048, "device_batch_size": 32,
                                       "total_batch_size": 524288, "target_param_data_ratio": 20, "save_every": 1000,
                                       "compile": True, "eval_every": 250, "eval_tokens": 20 * 524288,
-                                      "core_metric_every": 2000, "core_max_per_task": 500, "sample_every": 2000}
+                                      "core_metric_every": 2000, "core_max_per_task": 500, "sample_every": 2000,
+                                      "keep_checkpoints": 2}
     for name in ("speedrun", "d26", "d32"):  # GPU runs evaluate as nanochat's do, not at the tiny defaults' pace
         params = stages.load_profile(name)["stages"]["05_pretrain"]["parameters"]
         assert params["eval_every"] >= 250 and params["core_max_per_task"] >= 500
         assert stages.load_profile(name)["stages"]["10_eval"]["parameters"]["core_max_per_task"] == -1
     for name in ("cpu", "speedrun", "d26", "d32"):  # long runs checkpoint as they go, so a killed one can continue
         assert stages.load_profile(name)["stages"]["05_pretrain"]["parameters"]["save_every"] > 0
+    for name in ("speedrun", "d26", "d32"):  # ...and keep only the last few (~5-16 GB each)
+        assert stages.load_profile(name)["stages"]["05_pretrain"]["parameters"]["keep_checkpoints"] == 2
     assert stages.load_profile("d26")["stages"]["05_pretrain"]["parameters"]["device_batch_size"] == 16
     assert stages.load_profile("d32")["stages"]["05_pretrain"]["parameters"]["device_batch_size"] == 8
 
@@ -307,7 +310,8 @@ def test_a_headless_run_saves_progress_bars_that_finish(tmp_path):
     from nanochat import common, launch
 
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        "from nanochat.common import tqdm\nfor _ in tqdm(range(200), desc='work'):\n    pass\nprint('finished')")])
+        "from nanochat.common import tqdm\nfor _ in tqdm(range(200), desc='work'):\n"
+        "    for _ in tqdm(range(3), desc='inner', leave=False):\n        pass\nprint('finished')")])
     source, output = tmp_path / "bars.ipynb", tmp_path / "bars.out.ipynb"
     nbformat.write(notebook, source)
     launch.execute(source, output, {}, cell_timeout=60)
@@ -316,4 +320,5 @@ def test_a_headless_run_saves_progress_bars_that_finish(tmp_path):
     bar = "".join("".join(o["text"]) for o in outputs if o["name"] == "stderr")
     frames = [frame.strip() for frame in bar.split("\r") if frame.strip()]
     assert frames[-1].startswith("work: 100%|")  # what a viewer shows: the last frame after the carriage returns
+    assert "\x1b[" not in bar  # nested bars draw in place: no cursor movements shown as raw escape codes
     assert common.HEADLESS not in os.environ  # the runner's own environment is left as it was

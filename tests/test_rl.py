@@ -1,12 +1,12 @@
 """GRPO's pieces: group advantages, the masked token-level loss, and a reward that climbs."""
 import pytest
 import torch
-from dist_loader_worker import byte_tokenizer
 
 from nanochat import rl
 from nanochat.engine import Engine
 from nanochat.gpt import GPTConfig, build_model
 from nanochat.tasks.common import Task
+from nanochat.tokenizer import Tokenizer
 from nanochat.train import set_schedules
 
 
@@ -17,7 +17,7 @@ def test_advantages_are_rewards_minus_the_group_mean():
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
-    tokenizer = byte_tokenizer()
+    tokenizer = Tokenizer.bytes_only()
     config = GPTConfig(sequence_len=64, vocab_size=tokenizer.get_vocab_size(), n_layer=1, n_head=1, n_kv_head=1,
                        n_embd=64)
     return build_model(config), tokenizer

@@ -233,11 +233,11 @@ def test_compiled_training_step_matches_eager():
 
 
 def test_val_rows_are_tokenized_once_and_again_when_anything_changes(base_dir, data_pack, monkeypatch):
-    from dist_loader_worker import byte_tokenizer
+    from nanochat.tokenizer import Tokenizer
     from nanochat import dataloader, dataset
 
     dataset.download_shards(2)
-    tokenizer = byte_tokenizer()
+    tokenizer = Tokenizer.bytes_only()
     built = []
     real = dataloader.build_val_loader
     monkeypatch.setattr(train, "build_val_loader", lambda *a, **k: built.append(a[1:3]) or real(*a, **k))

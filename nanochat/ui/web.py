@@ -25,27 +25,15 @@ import json
 import math
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
+from nanochat.ui import Limits
 from nanochat.ui.session import ChatSession
 
 PAGE = Path(__file__).with_name("chat.html")
-
-
-@dataclass
-class Limits:
-    """What one request may ask for (nanochat's chat server used the same bounds)."""
-    max_messages: int = 500
-    max_message_chars: int = 8_000
-    max_total_chars: int = 32_000
-    max_body_bytes: int = 256 * 1024
-    temperature: tuple[float, float] = (0.0, 2.0)
-    top_k: tuple[int, int] = (0, 200)        # 0 = sample from the whole vocabulary
-    max_tokens: tuple[int, int] = (1, 4096)
 
 
 class BadRequest(Exception):
