@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from nanochat import ui
 from nanochat.common import get_rank, get_world_size, is_master, tqdm
 from nanochat.engine import Engine, calculator
 
@@ -186,15 +187,14 @@ def format_rates(model, tokenizer, conversations: list[dict], max_tokens: int = 
     """How often replies to held-out prompts have the chat format right:
 
     ends          the greedy reply ends with <|assistant_end|> within max_tokens (it hands the turn back)
-    ends_sampled  the same for a reply sampled as the chat samples (nanochat.ui: temperature 0.6, top-k 50):
-                  greedy decoding of a small model falls into loops that sampling escapes
+    ends_sampled  the same for a reply sampled as the chat samples (nanochat.ui's TEMPERATURE and TOP_K,
+                  seeded by the prompt's index): a small model's greedy reply falls into loops that
+                  sampling escapes
     letter        a greedy multiple-choice reply is exactly one of the allowed letters
     tool          a greedy reply to a problem whose reference uses the calculator makes a call, reads its
                   output, goes on
     Each is a fraction of the prompts it applies to (None when none does), with the counts.
     """
-    from nanochat import ui
-
     engine = Engine(model, tokenizer)
     counts = {"ends": [0, 0], "ends_sampled": [0, 0], "letter": [0, 0], "tool": [0, 0]}
     was_training = model.training
@@ -245,8 +245,8 @@ def held_out_prompts(n: int) -> list[dict]:
     return [task[i] for task in (MMLU("all", "validation"), GSM8K("test"), SmolTalk("test")) for i in range(n)]
 
 
-FORMAT_LABELS = {"ends": "ends with\n<|assistant_end|>", "ends_sampled": "ends, sampled\nas the chat does",
-                 "letter": "one valid\nletter", "tool": "tool call\nused", "p_letters": "p(letters)"}
+FORMAT_LABELS = {"ends": "ends\n(greedy)", "ends_sampled": "ends\n(sampled)", "letter": "one valid\nletter",
+                 "tool": "tool call\nused", "p_letters": "p(letters)"}
 
 
 def plot_format(before: dict, after: dict, names: tuple[str, str], ax) -> None:
@@ -254,7 +254,8 @@ def plot_format(before: dict, after: dict, names: tuple[str, str], ax) -> None:
     keys = list(FORMAT_LABELS)
     x = range(len(keys))
     for offset, rates, name in ((-0.2, before, names[0]), (0.2, after, names[1])):
-        ax.bar([i + offset for i in x], [rates.get(k) or 0.0 for k in keys], 0.4, label=name)
+        bars = ax.bar([i + offset for i in x], [rates.get(k) or 0.0 for k in keys], 0.4, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)  # a rate of 0 has no bar to see: its number says it
     ax.set_xticks(list(x), [FORMAT_LABELS[k] for k in keys])
-    ax.set(ylim=(0, 1), title="the chat format on held-out prompts")
+    ax.set(ylim=(0, 1.1), title="the chat format on held-out prompts")
     ax.legend()
