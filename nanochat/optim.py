@@ -19,11 +19,12 @@ matrix), so ownership is by whole tensors. The rule (`MuonAdamW.units`):
     such as the embedding and lm_head) go round-robin, each on its own: reduce onto the
     owner, update, broadcast from it.
 d20 on 8 GPUs has 120 block matrices of 3 shapes (80 square, 20 + 20 of the MLP): 14 chunks,
-8 leftovers, and the 2 AdamW tensors: 24 + 24 collectives a step instead of 122 + 122. All of them start at once, so
-the owners compute while later chunks are still on the wire. reduce-scatter (of one stacked
-tensor), all-gather, reduce and broadcast exist on nccl and gloo, so there is no
-backend-specific path. With W == 1 every tensor is rank 0's and nothing is communicated: the single-process
-optimizer is the same code.
+8 leftovers, and the 2 AdamW tensors: 24 + 24 collectives a step instead of 122 + 122. All of
+them start at once, so the owners compute while later chunks are still on the wire; the price
+is one concatenated copy of the chunked gradients in flight (~1.4 GB at d20, after backward has
+freed the activations). reduce-scatter (of one concatenated tensor), all-gather, reduce and
+broadcast exist on nccl and gloo, so there is no backend-specific path. With W == 1 every
+tensor is rank 0's and nothing is communicated: the single-process optimizer is the same code.
 
 The communication starts after backward, not during it. On paper that costs little: d20 on
 8xH100 sends its 2.2 GB of fp32 gradients once each way per step, ~10-15 ms over NVLink,
