@@ -77,11 +77,10 @@ def bounded(kind, name: str):
 
 def available_device(text: str) -> str:
     """An argparse type: cuda[:N], mps or cpu, and present on this machine (else a one-line error, not a failed load)."""
-    import torch
+    from nanochat.common import available_devices
 
     kind = text.split(":")[0]
-    present = {"cpu": True, "cuda": torch.cuda.is_available(),
-               "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    present = available_devices()
     if kind not in present:
         raise argparse.ArgumentTypeError(f"must be cuda, mps or cpu, not {text!r}")
     if not present[kind]:

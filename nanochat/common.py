@@ -128,15 +128,18 @@ def atomic_write(path, data: str | bytes) -> None:
 # -----------------------------------------------------------------------------
 # Device and precision
 
-def autodetect_device() -> str:
-    """Pick the best device there is: cuda, then mps, then cpu."""
+def available_devices() -> dict[str, bool]:
+    """Which kinds of device this machine has: {"cuda": ..., "mps": ..., "cpu": True}, best first."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return {"cuda": torch.cuda.is_available(),
+            "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+            "cpu": True}
+
+
+def autodetect_device() -> str:
+    """Pick the best device there is: cuda, then mps, then cpu."""
+    return next(kind for kind, present in available_devices().items() if present)
 
 
 def compute_dtype(device):

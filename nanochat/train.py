@@ -433,8 +433,6 @@ def save_training_state(folder: str, step: int, model, optimizer, loader, meta: 
         print0(f"removed the checkpoint(s) of step {', '.join(map(str, deleted))}: keeping the last {keep}")
 
 
-
-
 def resumable_step(folder: str, params: dict) -> int:
     """The last complete step in folder saved by a run with these same parameters, or -1 (start fresh).
 

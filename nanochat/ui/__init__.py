@@ -12,6 +12,11 @@ TOP_K = 50
 MAX_TOKENS = 256
 
 
+def sampling_settings(args) -> dict:
+    """`nanochat chat`/`serve`'s sampling options as a ChatSession takes them (top-k 0, "all", is None)."""
+    return dict(temperature=args.temperature, top_k=args.top_k or None, max_tokens=args.max_tokens)
+
+
 @dataclass
 class Limits:
     """What one request may ask for (nanochat's chat server used the same bounds)."""

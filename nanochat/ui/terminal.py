@@ -14,6 +14,7 @@ import contextlib
 import sys
 from typing import Iterable
 
+from nanochat.ui import sampling_settings
 from nanochat.ui.session import ChatSession, Event
 
 
@@ -46,8 +47,7 @@ def chat(args) -> int:
     """`nanochat chat`: one answer (--prompt) or a conversation until `quit`; returns the exit code."""
     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the replies alone
         session, meta = ChatSession.load(args.phase, args.depth, args.step, device=args.device,
-                                         temperature=args.temperature, top_k=args.top_k or None,
-                                         max_tokens=args.max_tokens, seed=args.seed)
+                                         seed=args.seed, **sampling_settings(args))
     print(f"nanochat chat: {meta['phase']} model d{meta['config']['n_layer']} (step {meta['step']}) from "
           f"{meta['folder']}" + ("; a base model has not learned to chat, expect it to ramble"
                                  if meta["phase"] == "base" else ""), file=sys.stderr)

@@ -30,7 +30,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
-from nanochat.ui import Limits
+from nanochat.ui import Limits, sampling_settings
 from nanochat.ui.session import ChatSession
 
 PAGE = Path(__file__).with_name("chat.html")
@@ -291,7 +291,7 @@ def serve(args) -> int:
     from nanochat.common import autodetect_device
 
     device = args.device or autodetect_device()
-    settings = dict(temperature=args.temperature, top_k=args.top_k or None, max_tokens=args.max_tokens)
+    settings = sampling_settings(args)
     if device == "cuda" and torch.cuda.device_count() > 1:
         devices = [f"cuda:{i}" for i in range(min(args.workers or torch.cuda.device_count(), torch.cuda.device_count()))]
         loaded = [load_model(args.phase, args.depth, args.step, device=d) for d in devices]
