@@ -58,6 +58,24 @@ def test_a_wrong_letter_is_graded_wrong(tasks):
     assert sum(task.evaluate(task[i], a) for i, a in zip(chat.problem_order(len(task), 8), answers)) == 0
 
 
+def test_always_answering_scores_what_the_grader_gives_one_fixed_reply(tasks):
+    """The floor is the grader's own verdict on one reply to every problem, and no answer beats the commonest."""
+    for name, task in tasks.items():
+        problems = chat.problem_order(len(task), 60)
+        commonest = chat.most_common_answer(task, problems)
+        if name == "HumanEval":
+            assert commonest is None and chat.always_answering(task, problems, commonest) == 0.0
+            continue
+        answers = {chat.reference_answer(task[i]) for i in problems}
+        for answer in answers:
+            reply = answer if task.eval_type == "categorical" else f"Done.\n#### {answer}"
+            graded = sum(task.evaluate(task[i], reply) for i in problems) / len(problems)
+            assert chat.always_answering(task, problems, answer) == graded, (name, answer)
+            assert graded <= chat.always_answering(task, problems, commonest), (name, answer)
+    bee = tasks["SpellingBee"]
+    assert chat.always_answering(bee, range(len(bee)), "1") > 0.5  # why 08's reward can climb without counting
+
+
 def test_chatcore_on_some_tasks_says_so():
     partial = chat.chatcore({"ARC-Easy": 0.625, "GSM8K": 0.1})
     assert partial["label"] == "ChatCORE-2" and partial["tasks_missing"] == ["ARC-Challenge", "MMLU", "HumanEval",
@@ -104,3 +122,13 @@ def test_greedy_loops_are_counted_apart_from_sampled_replies(tasks):
     rates = chat.format_rates(LoopingModel(tokenizer), tokenizer, conversations, max_tokens=48)
     assert rates["ends"] == 0.0 and rates["ends_sampled"] == 1.0
     assert rates["letter"] == 0.0 and rates["tool"] is None  # 48 a's are no letter; no problem wants the tool
+    assert [(u["prompt"], u["sampled"], u["loop"]) for u in rates["unended"]] == [(i, False, "a") for i in range(4)]
+    assert rates["unended"][0]["tail"] == "a" * 40
+
+
+def test_a_loop_is_found_at_the_end_of_a_reply_and_only_there():
+    unit = chat.repeating_unit
+    assert unit([5, 6] + [7] * 8) == [7] and unit([5] + [1, 2, 3] * 8) == [1, 2, 3]
+    assert unit([1, 2] * 8) == [1, 2]  # the shortest period, not [1, 2, 1, 2]
+    assert unit([7] * 7) is None and unit([7] * 20 + [1, 2]) is None  # too few repeats; the loop is not at the end
+    assert unit(list(range(100))) is None and unit([1, 2, 3, 4, 5, 6, 7, 8, 9] * 8) is None  # period above 8

@@ -22,6 +22,7 @@ tasks, nothing for the generative ones), 1 is perfect. Over fewer than its six t
 labelled by how many it covers, ChatCORE-n, never passed off as the full number.
 """
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,7 @@ import torch.distributed as dist
 from nanochat import ui
 from nanochat.common import get_rank, get_world_size, is_master, tqdm
 from nanochat.engine import Engine, calculator
+from nanochat.tasks.gsm8k import final_number
 
 CHATCORE_BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25,
                       "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
@@ -102,6 +104,27 @@ def reference_text(conversation: dict) -> str:
     return "".join(shown[part["type"]].format(part["text"]) for part in content)
 
 
+def reference_answer(conversation: dict) -> str | None:
+    """What the grader compares a reply with: the letter of a multiple-choice reference, else the number
+    after its '####' (None when there is none, as for code)."""
+    content = conversation["messages"][-1]["content"]
+    text = content if isinstance(content, str) else "".join(part["text"] for part in content)
+    return text.strip() if "letters" in conversation else final_number(text)
+
+
+def most_common_answer(task, problems) -> str | None:
+    """The commonest reference answer among some problems of a task."""
+    return Counter(reference_answer(task[i]) for i in problems).most_common(1)[0][0]
+
+
+def always_answering(task, problems, answer: str | None) -> float:
+    """The accuracy of giving the same answer to every problem: what a model that learned only how often
+    each answer occurs would score, which can sit far above ChatCORE's guessing baseline."""
+    if answer is None:
+        return 0.0
+    return sum(reference_answer(task[i]) == answer for i in problems) / len(problems)
+
+
 def evaluate_task(model, tokenizer, task, device, max_problems: int = -1, batch_size: int = 8, num_samples: int = 1,
                   max_tokens: int = 256, temperature: float = 0.0, top_k: int | None = 50, keep_examples: int = 6,
                   tool=calculator) -> TaskResult:
@@ -170,6 +193,16 @@ def reply_tokens(engine: Engine, conversation: dict, max_tokens: int, temperatur
     return reply, False
 
 
+def repeating_unit(tokens: list[int], min_repeats: int = 8, max_period: int = 8) -> list[int] | None:
+    """The few tokens a reply ends by repeating, at least min_repeats times in a row, or None: the
+    usual way a small model's reply fails to end is a loop."""
+    for period in range(1, max_period + 1):
+        tail = tokens[-period * min_repeats:]
+        if len(tail) == period * min_repeats and tail == tail[-period:] * min_repeats:
+            return tail[-period:]
+    return None
+
+
 def used_a_tool(tokenizer, reply: list[int]) -> bool:
     """A well-formed call whose output came back and was read: <|python_start|> ... <|python_end|>
     <|output_start|> ... <|output_end|>, then more of the reply."""
@@ -193,19 +226,24 @@ def format_rates(model, tokenizer, conversations: list[dict], max_tokens: int = 
     letter        a greedy multiple-choice reply is exactly one of the allowed letters
     tool          a greedy reply to a problem whose reference uses the calculator makes a call, reads its
                   output, goes on
-    Each is a fraction of the prompts it applies to (None when none does), with the counts.
+    Each is a fraction of the prompts it applies to (None when none does), with the counts, and under
+    "unended" every reply that did not end: its prompt, whether sampled, its last tokens, the loop it is in.
     """
     engine = Engine(model, tokenizer)
     counts = {"ends": [0, 0], "ends_sampled": [0, 0], "letter": [0, 0], "tool": [0, 0]}
+    unended = []  # the replies still going at max_tokens, for reading why
     was_training = model.training
     model.eval()
     for i, conversation in enumerate(conversations):
         reply, ended = reply_tokens(engine, conversation, max_tokens)
-        counts["ends"][0] += ended
-        counts["ends"][1] += 1
-        _, ended = reply_tokens(engine, conversation, max_tokens, ui.TEMPERATURE, ui.TOP_K, seed=i)
-        counts["ends_sampled"][0] += ended
-        counts["ends_sampled"][1] += 1
+        sampled, sampled_ended = reply_tokens(engine, conversation, max_tokens, ui.TEMPERATURE, ui.TOP_K, seed=i)
+        for key, tokens, done in (("ends", reply, ended), ("ends_sampled", sampled, sampled_ended)):
+            counts[key][0] += done
+            counts[key][1] += 1
+            if not done:
+                unit = repeating_unit(tokens)
+                unended.append({"prompt": i, "sampled": key == "ends_sampled", "tail": tokenizer.decode(tokens[-40:]),
+                                "loop": None if unit is None else tokenizer.decode(unit)})
         if "letters" in conversation:
             counts["letter"][0] += tokenizer.decode(reply).strip() in conversation["letters"]
             counts["letter"][1] += 1
@@ -214,7 +252,8 @@ def format_rates(model, tokenizer, conversations: list[dict], max_tokens: int = 
             counts["tool"][0] += used_a_tool(tokenizer, reply)
             counts["tool"][1] += 1
     model.train(was_training)
-    return {name: (right / total if total else None) for name, (right, total) in counts.items()} | {"counts": counts}
+    rates = {name: (right / total if total else None) for name, (right, total) in counts.items()}
+    return rates | {"counts": counts, "unended": unended}
 
 
 @torch.no_grad()
