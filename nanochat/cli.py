@@ -24,7 +24,8 @@ def add_run(commands) -> None:
                                         "(torchrun for stages with nproc > 1). Complete stages are "
                                         "skipped, so the same command resumes a stopped run.")
     r.add_argument("--profile", default="tiny",
-                   help="a profile in nanochat/profiles (tiny, cpu, speedrun, d26, d32) or a .toml path")
+                   help="a profile in nanochat/profiles (tiny, cpu, speedrun, d26, d32) or a .toml path "
+                        "(default: tiny)")
     r.add_argument("--run", help="run name: executed notebooks go to BASE_DIR/runs/RUN "
                                  "(default: the profile's name)")
     r.add_argument("--from", dest="start", metavar="NN", help="start at stage NN (e.g. 05 or 05_pretrain)")

@@ -8,11 +8,11 @@ cd "$(dirname "$0")/.."
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
-# 1. torch: a bare `pip install torch` pulls a multi-GB CUDA build; on a CPU-only box
-#    ask for the CPU build explicitly.
+# 1. torch: on Linux a bare `pip install torch` pulls a multi-GB CUDA build (PyPI's wheel); on a
+#    CPU-only box ask PyTorch's CPU index first, then any index pip is configured with.
 if ! python -c "import torch" 2>/dev/null; then
     if have nvidia-smi; then pip install torch
-    else pip install "torch==2.13.0" || pip install torch --index-url https://download.pytorch.org/whl/cpu
+    else pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu || pip install "torch==2.13.0"
     fi
 fi
 
