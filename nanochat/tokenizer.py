@@ -18,7 +18,6 @@ import os
 from typing import Iterable
 
 import tiktoken
-import tiktoken.load
 import torch
 
 from nanochat import common, hub
@@ -81,7 +80,10 @@ class Tokenizer:
                 f"(or `nanochat run --only 01`), or set NANOCHAT_BASE_DIR to where one was trained."
             )
         meta = json.load(open(os.path.join(directory, "tokenizer.json")))
-        ranks = tiktoken.load.load_tiktoken_bpe(ranks_path)
+        # read the ranks ourselves: tiktoken's loader caches a file by its path (in /tmp/data-gym-cache),
+        # so a tokenizer retrained in the same base dir would load as the old one
+        with open(ranks_path, "rb") as f:
+            ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f if line.strip())}
         enc = tiktoken.Encoding(name="nanochat", pat_str=meta["pattern"], mergeable_ranks=ranks, special_tokens=meta["special_tokens"])
         return cls(enc)
 

@@ -40,6 +40,13 @@ def test_train_save_load_roundtrip(tok, base_dir):
     assert len(tok.encode("The quick brown fox")) < len("The quick brown fox".encode())  # merges were learned
 
 
+def test_a_tokenizer_retrained_in_the_same_place_loads_as_the_new_one(tok, base_dir):
+    assert get_tokenizer().get_vocab_size() == tok.get_vocab_size()  # loaded once: a cache would keep this one
+    bigger = train_tokenizer(iter(CORPUS), vocab_size=tok.get_vocab_size() + 32)
+    loaded = get_tokenizer()
+    assert loaded.get_vocab_size() == bigger.get_vocab_size() and loaded.fingerprint() == bigger.fingerprint()
+
+
 def test_token_bytes_counts_raw_bytes_and_zero_for_specials(tok):
     token_bytes = get_token_bytes()
     assert token_bytes.dtype == torch.int32 and len(token_bytes) == tok.get_vocab_size()
